@@ -1,0 +1,29 @@
+"""orthax: orthogonalised gradients for Optax (Tuddenham et al., arXiv 2202.07052)."""
+
+from orthax import masks as masks
+from orthax import polar as polar
+from orthax._src.alias import orthogonal_adam as orthogonal_adam
+from orthax._src.alias import orthogonal_adamw as orthogonal_adamw
+from orthax._src.alias import orthogonal_lars as orthogonal_lars
+from orthax._src.alias import orthogonal_sgd as orthogonal_sgd
+from orthax._src.components import Layout as Layout
+from orthax._src.transform import normalise as normalise
+from orthax._src.transform import normalise_components as normalise_components
+from orthax._src.transform import orthogonalise as orthogonalise
+from orthax._src.transform import orthogonalise_components as orthogonalise_components
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Layout",
+    "masks",
+    "normalise",
+    "normalise_components",
+    "orthogonal_adam",
+    "orthogonal_adamw",
+    "orthogonal_lars",
+    "orthogonal_sgd",
+    "orthogonalise",
+    "orthogonalise_components",
+    "polar",
+]

@@ -1,0 +1,134 @@
+"""The paper's optimisers: orthogonalisation first, then weight decay and the base optimiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from orthax._src.transform import orthogonalise
+
+
+def orthogonal_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float | None = 0.9,
+    *,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    method: str = "auto",
+    mask: Any = None,
+) -> optax.GradientTransformation:
+  """Orthogonal-SGDM, the paper's main optimiser.
+
+  The authors replaced each kernel's gradient by U V^T and then ran PyTorch's SGD, which adds
+  `weight_decay * param` to that (already orthogonalised) gradient before the momentum buffer.
+  This is `optax.chain(orthogonalise, add_decayed_weights, sgd)`: decay enters after the
+  orthogonalisation, on every parameter (as in PyTorch), and goes through momentum.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    momentum: momentum coefficient, or None for plain SGD.
+    nesterov: Nesterov momentum.
+    weight_decay: L2 coefficient added to the orthogonalised gradient.
+    method: as in `orthax.orthogonalise_components`.
+    mask: which leaves to orthogonalise (default: floating leaves with ndim >= 2).
+
+  Examples:
+    >>> import orthax
+    >>> tx = orthax.orthogonal_sgd(1e-2, momentum=0.9, weight_decay=5e-4)  # the paper's recipe
+  """
+  return optax.chain(
+      orthogonalise(method, mask=mask),
+      optax.add_decayed_weights(weight_decay),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+  )
+
+
+def orthogonal_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    weight_decay: float = 0.0,
+    method: str = "auto",
+    mask: Any = None,
+) -> optax.GradientTransformation:
+  """Orthogonal-Adam as in the paper: U V^T, then L2 decay added to it, then Adam.
+
+  PyTorch's `Adam(weight_decay=...)` adds `weight_decay * param` to the gradient before the
+  moment estimates; here that gradient is the orthogonalised one, so decay is also normalised
+  by Adam. For decoupled decay use `orthogonal_adamw`.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    b1, b2, eps: Adam's parameters (the paper's Table 3 used b2 = 0.99).
+    weight_decay: L2 coefficient added after orthogonalisation, before Adam.
+    method: as in `orthax.orthogonalise_components`.
+    mask: which leaves to orthogonalise.
+  """
+  return optax.chain(
+      orthogonalise(method, mask=mask),
+      optax.add_decayed_weights(weight_decay),
+      optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
+  )
+
+
+def orthogonal_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    weight_decay: float = 1e-4,
+    method: str = "auto",
+    mask: Any = None,
+) -> optax.GradientTransformation:
+  """U V^T, then AdamW: decoupled decay `learning_rate * weight_decay * param`, outside Adam.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    b1, b2, eps: Adam's parameters.
+    weight_decay: decoupled decay coefficient (optax.adamw's), never orthogonalised.
+    method: as in `orthax.orthogonalise_components`.
+    mask: which leaves to orthogonalise.
+  """
+  return optax.chain(
+      orthogonalise(method, mask=mask),
+      optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
+  )
+
+
+def orthogonal_lars(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = True,
+    trust_coefficient: float = 0.001,
+    eps: float = 0.0,
+    trust_ratio_mask: Any = True,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    method: str = "auto",
+    mask: Any = None,
+) -> optax.GradientTransformation:
+  """Orthogonal LARS: U V^T on the selected kernels, then `optax.lars`.
+
+  `optax.lars` adds decay to the (orthogonalised) gradient, rescales by the trust ratio, then
+  applies momentum and the learning rate. For Barlow Twins the paper orthogonalised convolution
+  kernels only: pass `mask=orthax.masks.conv_kernels`.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    weight_decay, weight_decay_mask, trust_coefficient, eps, trust_ratio_mask, momentum,
+      nesterov: as in `optax.lars`.
+    method: as in `orthax.orthogonalise_components`.
+    mask: which leaves to orthogonalise.
+  """
+  return optax.chain(
+      orthogonalise(method, mask=mask),
+      optax.lars(
+          learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
+          trust_coefficient=trust_coefficient, eps=eps, trust_ratio_mask=trust_ratio_mask,
+          momentum=momentum, nesterov=nesterov),
+  )

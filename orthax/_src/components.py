@@ -1,0 +1,133 @@
+"""The component view of a parameter: a stack of P x N matrices, N components of P parameters."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Layout(NamedTuple):
+  """Which axes of a parameter are its components and which stack independent matrices.
+
+  The paper views a layer as N components (conv filters, dense units, attention heads) of P
+  parameters each and orthogonalises the P x N matrix whose columns are the components.
+
+  Attributes:
+    components: the axis or axes that index components; N is the product of their sizes.
+      Default: the last axis, Flax's output axis (Dense (in, out), Conv (kh, kw, in, out)).
+    batch: the axis or axes that index independent matrices, such as the leading layer axis of
+      parameters stacked by `nn.scan` or `nnx.vmap`, or heads to orthogonalise one by one.
+      Default: none.
+
+  Every other axis holds a component's parameters; P is the product of their sizes.
+
+  Examples:
+    >>> import orthax
+    >>> orthax.Layout()                           # Dense (in, out), Conv (kh, kw, in, out)
+    Layout(components=-1, batch=())
+    >>> orthax.Layout(batch=0)                    # nn.scan-stacked Dense (layers, in, out)
+    Layout(components=-1, batch=0)
+    >>> orthax.Layout(components=1)               # DenseGeneral (embed, heads, head_dim):
+    Layout(components=1, batch=())
+    >>> # heads are the components, each with embed * head_dim parameters.
+  """
+
+  components: int | Sequence[int] = -1
+  batch: int | Sequence[int] = ()
+
+
+def _axes(spec: int | Sequence[int], ndim: int, what: str, shape) -> tuple[int, ...]:
+  spec = (spec,) if isinstance(spec, int) else tuple(spec)
+  for axis in spec:
+    if not isinstance(axis, int) or not -ndim <= axis < ndim:
+      raise ValueError(
+          f"Layout {what} axis {axis!r} is out of range for a parameter of {shape=}; use axes "
+          f"in [-{ndim}, {ndim}).")
+  return tuple(sorted(axis % ndim for axis in spec))
+
+
+class MatrixView(NamedTuple):
+  """A parameter's (B, P, N) view, and how to undo it."""
+
+  shape: tuple[int, int, int]
+  permutation: tuple[int, ...]
+  permuted_shape: tuple[int, ...]
+
+  def matrices(self, x: Array) -> Array:
+    return jnp.transpose(x, self.permutation).reshape(self.shape)
+
+  def restore(self, m: Array) -> Array:
+    inverse = tuple(sorted(range(len(self.permutation)), key=self.permutation.__getitem__))
+    return m.reshape(self.permuted_shape).transpose(inverse)
+
+
+def matrix_view(shape: Sequence[int], layout: Layout) -> MatrixView:
+  """The (B, P, N) view of an array of `shape` under `layout`, validating the layout."""
+  shape = tuple(shape)
+  ndim = len(shape)
+  if ndim == 0:
+    raise ValueError("A scalar parameter has no components; leave it out of the mask.")
+  components = _axes(layout.components, ndim, "components", shape)
+  batch = _axes(layout.batch, ndim, "batch", shape)
+  if not components:
+    raise ValueError(f"Layout(components=...) must name at least one axis, got {layout=}.")
+  if set(components) & set(batch):
+    raise ValueError(
+        f"Layout axes overlap: components {components} and batch {batch} for {shape=}; an axis "
+        "is either a component axis or a batch axis.")
+  params = tuple(a for a in range(ndim) if a not in components and a not in batch)
+  permutation = batch + params + components
+  sizes = [math.prod(shape[a] for a in group) for group in (batch, params, components)]
+  return MatrixView(tuple(sizes), permutation, tuple(shape[a] for a in permutation))
+
+
+def default_mask(x: Any) -> bool:
+  """The authors' rule: every floating parameter with two or more dimensions."""
+  return bool(
+      hasattr(x, "ndim") and x.ndim >= 2 and jnp.issubdtype(jnp.result_type(x), jnp.floating))
+
+
+def _keys(tree: Any, is_leaf: Callable | None = None) -> list[str]:
+  return [jax.tree_util.keystr(p) for p, _ in
+          jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
+
+
+def _mismatch(expected: Any, got: Any, what: str, is_leaf: Callable | None) -> ValueError:
+  want, have = _keys(expected), _keys(got, is_leaf)
+  for w, h in zip(want, have, strict=False):
+    if w != h:
+      detail = f"the first mismatch is at {w} in the params and {h} in the {what}"
+      break
+  else:
+    longer, name = (want, "params") if len(want) > len(have) else (have, what)
+    extra = longer[min(len(want), len(have))] if longer else "<root>"
+    detail = f"{extra} is in the {name} but not in the other"
+  return ValueError(
+      f"The {what} tree does not match the params: {detail}. Give a {what} with the params' "
+      f"structure, or a callable params -> {what} tree.")
+
+
+def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any],
+                 is_spec_leaf: Callable[[Any], bool]) -> list[Any]:
+  """The per-leaf values of a mask or layout spec, in the params' leaf order.
+
+  `spec` is None (use `default(leaf)`), a single spec leaf for every parameter, a pytree of spec
+  leaves with the params' structure, or a callable params -> one of those.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  if callable(spec) and not is_spec_leaf(spec):
+    spec = spec(params)
+  if spec is None:
+    return [default(x) for x in leaves]
+  if is_spec_leaf(spec):
+    return [spec] * len(leaves)
+  spec_leaves, spec_treedef = jax.tree_util.tree_flatten(spec, is_leaf=is_spec_leaf)
+  if spec_treedef != treedef:
+    raise _mismatch(params, spec, what, is_spec_leaf)
+  return spec_leaves

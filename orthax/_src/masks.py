@@ -1,0 +1,74 @@
+"""Ready masks: callables params -> pytree of bools, for the `mask` argument of orthax."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from orthax._src.components import default_mask
+
+Mask = Callable[[Any], Any]
+
+
+def _path(key_path) -> tuple[str, ...]:
+  names = []
+  for key in key_path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return tuple(names)
+
+
+def _map_with_names(fn: Callable[[tuple[str, ...], Any], bool], params: Any) -> Any:
+  return jax.tree_util.tree_map_with_path(lambda p, x: fn(_path(p), x), params)
+
+
+def kernels(params: Any) -> Any:
+  """Every floating leaf with ndim >= 2: conv and dense kernels, embeddings (the default)."""
+  return jax.tree.map(default_mask, params)
+
+
+def conv_kernels(params: Any) -> Any:
+  """Floating leaves with ndim >= 3: convolution kernels only (the paper's Table 5 variant).
+
+  Dense kernels (2-D) and the classifier are left to the optimiser alone. A leaf stacked by
+  `nn.scan` gains a dimension, so a scanned Dense kernel counts as a conv kernel here: select
+  those by path with `exclude` instead.
+  """
+  return jax.tree.map(lambda x: default_mask(x) and x.ndim >= 3, params)
+
+
+def exclude(*patterns: str, base: Mask = kernels) -> Mask:
+  """`base` (default `kernels`) minus the leaves whose path matches any of `patterns`.
+
+  A pattern matches a leaf when it equals one of the names on the leaf's path (e.g.
+  `"Embed_0"`, `"head"`) or, as a shell glob, the whole path joined by `/` (e.g.
+  `"decoder/*/kernel"`).
+
+  Examples:
+    >>> import jax.numpy as jnp, orthax
+    >>> params = {"body": {"kernel": jnp.ones((3, 4))}, "head": {"kernel": jnp.ones((4, 2))}}
+    >>> orthax.masks.exclude("head")(params)
+    {'body': {'kernel': True}, 'head': {'kernel': False}}
+  """
+  if not patterns or not all(isinstance(p, str) and p for p in patterns):
+    raise ValueError(
+        f"exclude(*patterns) needs one or more non-empty strings, got {patterns!r}; for example "
+        "orthax.masks.exclude('Embed_0', 'head').")
+
+  def matches(names: tuple[str, ...]) -> bool:
+    joined = "/".join(names)
+    return any(p in names or fnmatch.fnmatchcase(joined, p) for p in patterns)
+
+  def mask(params: Any) -> Any:
+    chosen = base(params)
+    excluded = _map_with_names(lambda names, _: matches(names), params)
+    return jax.tree.map(lambda c, e: bool(c) and not e, chosen, excluded)
+
+  return mask

@@ -1,0 +1,298 @@
+"""Polar factors of stacks of matrices: pure functions from (..., P, N) to (..., P, N).
+
+The polar factor of G = U S V^T (thin SVD) is O = U V^T, the (semi-)orthonormal matrix nearest to
+G in Frobenius norm. Exact methods (`svd`, `eigh`) return it to float32 round-off; approximate ones
+(`newton_schulz`, `polar_express`) return U f(S) V^T for an odd polynomial f that pushes the
+singular values towards 1 using only matrix products.
+
+Conventions shared by every method:
+- a zero matrix maps to zero, and any non-finite entry makes the whole matrix NaN (so that
+  `optax.apply_if_finite` can skip the step);
+- exact methods drop the directions whose singular value is at or below `rtol * max(S)` (the
+  numerical null space); `rtol=None` means `max(P, N) * eps`, as `numpy.linalg.matrix_rank` does;
+- P < N, P = N and N = 1 all work; the wide case is handled through its transpose.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# Largest condition number for which the Gram route of `eigh` is trusted; beyond it `eigh` falls
+# back to `svd` for that group of matrices. At kappa = 50 its error is ~1e-5 (float32, measured).
+EIGH_MAX_CONDITION = 50.0
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def _mT(x: Array) -> Array:
+  return jnp.swapaxes(x, -1, -2)
+
+
+def _default_rtol(x: Array, rtol: float | None) -> float:
+  if rtol is None:
+    return max(x.shape[-2], x.shape[-1]) * float(jnp.finfo(x.dtype).eps)
+  return float(rtol)
+
+
+@functools.cache
+def _single_thread_cpu_lapack() -> None:
+  """Runs the OpenBLAS that jaxlib's CPU LAPACK kernels call (SciPy's) on one thread.
+
+  XLA already runs independent decompositions on its own thread pool; a multi-threaded OpenBLAS
+  under it oversubscribes the cores and its spinning workers stalled whole updates for 15-45 s
+  (measured on 2 cores; none with one thread). Only libraries shipped inside SciPy's wheel are
+  changed; set ORTHAX_LAPACK_THREADS to another count, or to `keep` to change nothing.
+  """
+  setting = os.environ.get("ORTHAX_LAPACK_THREADS", "1")
+  if setting == "keep":
+    return
+  try:
+    import scipy
+    import threadpoolctl
+  except ImportError:
+    return
+  scipy_root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
+  controller = threadpoolctl.ThreadpoolController()
+  for lib in controller.select(user_api="blas").lib_controllers:
+    path = os.path.abspath(lib.filepath or "")
+    if os.path.relpath(path, scipy_root).startswith("scipy"):
+      lib.set_num_threads(int(setting))
+
+
+def _map_matrices(fn: Callable, x: Array):
+  """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack.
+
+  On CPU each matrix is its own LAPACK call, in a `lax.map` loop. A batched call would let jaxlib
+  (0.10 and older) split the batch over XLA's CPU thread pool and block a pool thread waiting for
+  it; a few such calls running at once in one program exhaust the pool and deadlock (measured:
+  ResNet-50's 21 shape groups hung every run). Other backends get the batched call.
+  """
+  if jax.default_backend() == "cpu":
+    _single_thread_cpu_lapack()
+  return jax.lax.platform_dependent(
+      x, cpu=lambda x: jax.lax.map(fn, x), default=jax.vmap(fn))
+
+
+def _flat(fn: Callable[[Array], Array]) -> Callable[[Array], Array]:
+  """Lifts fn on a (B, P, N) stack to any (..., P, N) array, with NaN for non-finite matrices."""
+
+  @functools.wraps(fn)
+  def wrapped(x: Array, *args, **kwargs) -> Array:
+    if x.ndim < 2:
+      raise ValueError(f"{fn.__name__} expects an array of shape (..., P, N), got {x.shape=}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"{fn.__name__} expects a floating array, got {x.dtype=}.")
+    batch = x.shape[:-2]
+    flat = x.reshape((-1,) + x.shape[-2:])
+    if flat.shape[0] == 0 or flat.shape[1] == 0 or flat.shape[2] == 0:
+      return x
+    out = fn(flat, *args, **kwargs)
+    finite = jnp.all(jnp.isfinite(flat), axis=(-2, -1), keepdims=True)
+    out = jnp.where(finite, out, jnp.nan)
+    return out.reshape(batch + x.shape[-2:]).astype(x.dtype)
+
+  return wrapped
+
+
+@_flat
+def svd(x: Array, *, rtol: float | None = None) -> Array:
+  """Exact polar factor U V^T by singular value decomposition (the paper's method).
+
+  Args:
+    x: array of shape (..., P, N).
+    rtol: singular values at or below `rtol * max(S)` are treated as zero and their directions
+      dropped. `None` (default) drops only the numerical null space, `max(P, N) * eps`; `0.0`
+      keeps every direction with a nonzero singular value.
+
+  Returns:
+    An array like `x` whose matrices have orthonormal columns (P >= N) or rows (P < N) on the
+    retained directions.
+  """
+  tol = _default_rtol(x, rtol)
+  u, s, vt = _map_matrices(functools.partial(jnp.linalg.svd, full_matrices=False), x)
+  keep = s > tol * s[..., :1]
+  return (u * keep[..., None, :].astype(u.dtype)) @ vt
+
+
+def _gram_polar(g: Array, rtol: float) -> tuple[Array, Array]:
+  """Polar factor of tall (B, P, N) matrices from two eigendecompositions of N x N Grams.
+
+  Pass 1: G^T G = V diag(lam) V^T. Pass 2: the columns of G V are orthogonal in exact arithmetic;
+  normalise them (which keeps their directions to high relative accuracy, unlike scaling by
+  lam^-1/2) and remove their residual non-orthogonality with the polar factor of the normalised
+  columns, again through a Gram eigendecomposition, now of a matrix near the identity.
+
+  Returns the polar factor and, per matrix, whether the Gram route is accurate for it.
+  """
+  lam, v = _map_matrices(jnp.linalg.eigh, _mT(g) @ g)
+  lam_max = lam[..., -1:]
+  keep = lam > (rtol * rtol) * lam_max
+  b = g @ v
+  norms = jnp.linalg.norm(b, axis=-2, keepdims=True)
+  keep = keep[..., None, :] & (norms > 0)
+  u = jnp.where(keep, b / jnp.where(keep, norms, 1), 0)
+  mu, w = _map_matrices(jnp.linalg.eigh, _mT(u) @ u)
+  # Kept columns are unit vectors and nearly orthogonal, so mu is ~1 there and exactly 0 on the
+  # dropped ones.
+  inv_sqrt = jnp.where(mu > 0.5, jax.lax.rsqrt(jnp.where(mu > 0.5, mu, 1)), 0)
+  u = u @ ((w * inv_sqrt[..., None, :]) @ _mT(w))
+  accurate = (rtol > 1 / EIGH_MAX_CONDITION) | jnp.all(
+      lam >= lam_max / EIGH_MAX_CONDITION**2, axis=-1)
+  return u @ _mT(v), accurate
+
+
+@_flat
+def eigh(x: Array, *, rtol: float | None = None) -> Array:
+  """Exact polar factor from eigendecompositions of the small Gram matrix.
+
+  Why: on CPU a symmetric eigendecomposition of the N x N Gram matrix plus a few matrix products
+  is several times faster than an SVD of the P x N matrix, and its time is steady. Squaring the
+  matrix squares its condition number, so the Gram route is used only where it is accurate
+  (condition number up to `EIGH_MAX_CONDITION`, or every ill-conditioned direction below `rtol`);
+  a stack that holds any other matrix is decomposed by `svd` instead, in the same call.
+
+  Args:
+    x: array of shape (..., P, N).
+    rtol: as in `svd`.
+
+  Returns:
+    The polar factor, equal to `svd(x, rtol=rtol)` to float32 precision.
+  """
+  tol = _default_rtol(x, rtol)
+  wide = x.shape[-2] < x.shape[-1]
+  g = _mT(x) if wide else x
+  o, accurate = _gram_polar(g, tol)
+  o = jax.lax.cond(jnp.all(accurate), lambda: o, lambda: svd(g, rtol=rtol))
+  return _mT(o) if wide else o
+
+
+def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, eps: float) -> Array:
+  """Applies X <- a X + (b A + c A^2) X with A = X X^T, per row of `coefficients`.
+
+  X is normalised by its Frobenius norm first, so every singular value starts in [0, 1]. Works
+  on the side with fewer rows (the transpose trick), so A is min(P, N) square.
+  """
+  tall = x.shape[-2] > x.shape[-1]
+  if tall:
+    x = _mT(x)
+  x = x / (jnp.linalg.norm(x, axis=(-2, -1), keepdims=True) + eps)
+  for a, b, c in coefficients:
+    gram = x @ _mT(x)
+    x = a * x + (b * gram + c * (gram @ gram)) @ x
+  return _mT(x) if tall else x
+
+
+@_flat
+def newton_schulz(x: Array, *, steps: int = 5, eps: float = 1e-7) -> Array:
+  """Approximate polar factor by Muon's quintic Newton-Schulz iteration.
+
+  The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at zero rather than converge:
+  after 5 steps singular values in [1e-3, 1] * ||X||_F land in about [0.47, 1.21], not at 1
+  (Jordan et al. found this does not hurt training). Only matrix products, so it is fast on
+  accelerators.
+
+  Args:
+    x: array of shape (..., P, N).
+    steps: number of iterations.
+    eps: added to the Frobenius norm before normalising.
+
+  References:
+    Jordan et al., `Muon: An optimizer for hidden layers in neural networks
+    <https://kellerjordan.github.io/posts/muon/>`_, 2024
+  """
+  coefficients = np.tile(np.asarray(NEWTON_SCHULZ_COEFFICIENTS), (steps, 1))
+  return _odd_polynomial_steps(x, coefficients, eps)
+
+
+def _minimax_quintic(lo: float, hi: float) -> tuple[np.ndarray, float]:
+  """Odd quintic p(x) = a x + b x^3 + c x^5 minimising max |1 - p| on [lo, hi] (Remez)."""
+  if hi - lo < 1e-9 * hi:  # Degenerate interval: the contact-order-3 limit, rescaled.
+    return np.array([15 / 8 / hi, -10 / 8 / hi**3, 3 / 8 / hi**5]), 0.0
+  # Reference points: both ends and the two interior extrema, where 1 - p alternates in sign.
+  points = lo + (hi - lo) * np.array([0.0, 0.25, 0.75, 1.0])
+  signs = np.array([1.0, -1.0, 1.0, -1.0])
+  for _ in range(100):
+    system = np.stack([points, points**3, points**5, signs], axis=1)
+    a, b, c, err = np.linalg.solve(system, np.ones(4))
+    # Interior extrema: roots of p'(x) = a + 3 b x^2 + 5 c x^4 (a quadratic in x^2).
+    roots = np.roots([5 * c, 3 * b, a])
+    roots = np.sort(np.sqrt(roots[(np.abs(roots.imag) < 1e-12) & (roots.real > 0)].real))
+    roots = roots[(roots > lo) & (roots < hi)]
+    if len(roots) != 2:
+      break
+    new = np.array([lo, roots[0], roots[1], hi])
+    if np.allclose(new, points, rtol=1e-15, atol=0):
+      break
+    points = new
+  return np.array([a, b, c]), abs(err)
+
+
+@functools.cache
+def polar_express_coefficients(
+    steps: int, lower: float = 1e-3, safety: float = 1.01, cushion: float = 0.02
+) -> tuple[tuple[float, float, float], ...]:
+  """The Polar Express schedule: a minimax-optimal odd quintic for each step.
+
+  Step t takes singular values known to lie in [l, u] to [p(l), max p] with the p that minimises
+  max |1 - p| on [max(l, cushion * u), u] (computed in float64 by Remez exchange). For every step
+  but the last the polynomial is evaluated at x / safety, which keeps values that round-off pushed
+  slightly above u from growing.
+
+  Args:
+    steps: number of steps.
+    lower: smallest singular value (relative to the Frobenius norm) to bring near 1.
+    safety: input margin for round-off, > 1.
+    cushion: floor on the interval's lower end relative to its upper end, which keeps the early
+      polynomials' slopes moderate.
+
+  Returns:
+    `steps` tuples (a, b, c).
+
+  References:
+    Amsel, Persson, Musco, Gower, `The Polar Express: Optimal Matrix Sign Methods and Their
+    Application to the Muon Algorithm <https://arxiv.org/abs/2505.16932>`_, 2025
+  """
+  lo, hi = lower, 1.0
+  schedule = []
+  for t in range(steps):
+    coefficients, _ = _minimax_quintic(max(lo, cushion * hi), hi)
+    if t < steps - 1:
+      coefficients = coefficients / safety ** np.array([1, 3, 5])
+    a, b, c = coefficients
+    grid = np.linspace(lo, hi, 4097)
+    values = a * grid + b * grid**3 + c * grid**5
+    lo, hi = float(values[0]), float(np.max(values))
+    schedule.append((float(a), float(b), float(c)))
+  return tuple(schedule)
+
+
+@_flat
+def polar_express(x: Array, *, steps: int = 5, eps: float = 1e-7) -> Array:
+  """Approximate polar factor by the Polar Express iteration (Amsel et al. 2025).
+
+  Like `newton_schulz` it uses only matrix products, but each step has its own minimax-optimal
+  coefficients (`polar_express_coefficients`), so the singular values converge to 1: singular
+  values in [1e-3, 1] * ||X||_F land in [0.87, 1.13] after 5 steps, [0.998, 1.002] after 6 and
+  at 1 to float32 precision after 7 (in exact arithmetic; see the tests).
+
+  Args:
+    x: array of shape (..., P, N).
+    steps: number of iterations.
+    eps: added to the Frobenius norm before normalising.
+  """
+  return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)), eps)
+
+
+METHODS: dict[str, Callable[..., Array]] = {
+    "svd": svd,
+    "eigh": eigh,
+    "newton_schulz": newton_schulz,
+    "polar_express": polar_express,
+}
