@@ -90,7 +90,8 @@ def _flat(fn: Callable[[Array], Array]) -> Callable[[Array], Array]:
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{fn.__name__} expects a floating array, got {x.dtype=}.")
     batch = x.shape[:-2]
-    flat = x.reshape((-1,) + x.shape[-2:])
+    # LAPACK has no half-precision kernels: decompose in at least float32.
+    flat = x.reshape((-1,) + x.shape[-2:]).astype(jnp.promote_types(x.dtype, jnp.float32))
     if flat.shape[0] == 0 or flat.shape[1] == 0 or flat.shape[2] == 0:
       return x
     out = fn(flat, *args, **kwargs)
@@ -173,7 +174,7 @@ def eigh(x: Array, *, rtol: float | None = None) -> Array:
   return _mT(o) if wide else o
 
 
-def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, eps: float) -> Array:
+def _odd_polynomial_steps(x: Array, coefficients: np.ndarray) -> Array:
   """Applies X <- a X + (b A + c A^2) X with A = X X^T, per row of `coefficients`.
 
   X is normalised by its Frobenius norm first, so every singular value starts in [0, 1]. Works
@@ -182,7 +183,8 @@ def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, eps: float) -> Arr
   tall = x.shape[-2] > x.shape[-1]
   if tall:
     x = _mT(x)
-  x = x / (jnp.linalg.norm(x, axis=(-2, -1), keepdims=True) + eps)
+  norm = jnp.linalg.norm(x, axis=(-2, -1), keepdims=True)
+  x = x / jnp.where(norm > 0, norm, 1)  # No epsilon: the result is exactly scale-invariant.
   for a, b, c in coefficients:
     gram = x @ _mT(x)
     x = a * x + (b * gram + c * (gram @ gram)) @ x
@@ -190,7 +192,7 @@ def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, eps: float) -> Arr
 
 
 @_flat
-def newton_schulz(x: Array, *, steps: int = 5, eps: float = 1e-7) -> Array:
+def newton_schulz(x: Array, *, steps: int = 5) -> Array:
   """Approximate polar factor by Muon's quintic Newton-Schulz iteration.
 
   The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at zero rather than converge:
@@ -201,14 +203,13 @@ def newton_schulz(x: Array, *, steps: int = 5, eps: float = 1e-7) -> Array:
   Args:
     x: array of shape (..., P, N).
     steps: number of iterations.
-    eps: added to the Frobenius norm before normalising.
 
   References:
     Jordan et al., `Muon: An optimizer for hidden layers in neural networks
     <https://kellerjordan.github.io/posts/muon/>`_, 2024
   """
   coefficients = np.tile(np.asarray(NEWTON_SCHULZ_COEFFICIENTS), (steps, 1))
-  return _odd_polynomial_steps(x, coefficients, eps)
+  return _odd_polynomial_steps(x, coefficients)
 
 
 def _minimax_quintic(lo: float, hi: float) -> tuple[np.ndarray, float]:
@@ -274,7 +275,7 @@ def polar_express_coefficients(
 
 
 @_flat
-def polar_express(x: Array, *, steps: int = 5, eps: float = 1e-7) -> Array:
+def polar_express(x: Array, *, steps: int = 5) -> Array:
   """Approximate polar factor by the Polar Express iteration (Amsel et al. 2025).
 
   Like `newton_schulz` it uses only matrix products, but each step has its own minimax-optimal
@@ -285,9 +286,8 @@ def polar_express(x: Array, *, steps: int = 5, eps: float = 1e-7) -> Array:
   Args:
     x: array of shape (..., P, N).
     steps: number of iterations.
-    eps: added to the Frobenius norm before normalising.
   """
-  return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)), eps)
+  return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)))
 
 
 METHODS: dict[str, Callable[..., Array]] = {

@@ -1,0 +1,44 @@
+"""Reference polar factors and tree comparisons shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def polar_reference(g: Any) -> np.ndarray:
+  """U V^T of a 2-D array by a float64 thin SVD in numpy."""
+  u, _, vt = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+  return u @ vt
+
+
+def random_matrix(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+  """A float32 Gaussian array; tall or wide random matrices are well conditioned."""
+  return rng.standard_normal(shape).astype(np.float32)
+
+
+def assert_trees_allclose(actual: Any, expected: Any, **kwargs) -> None:
+  """Same structure, and every pair of leaves allclose (kwargs go to numpy)."""
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  flat_actual = jax.tree_util.tree_flatten_with_path(actual)[0]
+  for (path, a), e in zip(flat_actual, jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(
+        np.asarray(a, np.float64), np.asarray(e, np.float64), err_msg=jax.tree_util.keystr(path),
+        **kwargs)
+
+
+def assert_trees_equal(actual: Any, expected: Any) -> None:
+  """Same structure, dtypes and bits."""
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  flat_actual = jax.tree_util.tree_flatten_with_path(actual)[0]
+  for (path, a), e in zip(flat_actual, jax.tree.leaves(expected), strict=True):
+    assert a.dtype == e.dtype, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=jax.tree_util.keystr(path))
+
+
+def assert_orthonormal_columns(x: Any, atol: float = 1e-5) -> None:
+  """The (P, N) matrix x with P >= N has O^T O = I."""
+  x = np.asarray(x, np.float64)
+  np.testing.assert_allclose(x.T @ x, np.eye(x.shape[1]), atol=atol)

@@ -1,0 +1,63 @@
+"""The two CPU hazards measured with jaxlib's LAPACK kernels, on a ResNet-50-shaped gradient.
+
+1. Batched eigh/svd calls running at once in one program deadlocked XLA's CPU thread pool.
+2. Multi-threaded OpenBLAS under XLA's own threads stalled single updates for 15-45 s.
+
+Each runs in a subprocess with a time limit, so a hang fails the test instead of the CI job.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    import jax, jax.numpy as jnp, numpy as np
+    import orthax
+
+    def resnet50_kernels():
+      shapes = [(7, 7, 3, 64)]
+      inputs = 64
+      for width, blocks in [(64, 3), (128, 4), (256, 6), (512, 3)]:
+        for block in range(blocks):
+          shapes += [(1, 1, inputs, width), (3, 3, width, width), (1, 1, width, 4 * width)]
+          if block == 0:
+            shapes.append((1, 1, inputs, 4 * width))
+          inputs = 4 * width
+      return shapes + [(2048, 1000)]
+
+    rng = np.random.default_rng(0)
+    grads = {}
+    for i, shape in enumerate(resnet50_kernels()):
+      grads[f"layer{i}"] = {
+          "kernel": jnp.asarray(rng.standard_normal(shape), jnp.float32),
+          "bias": jnp.ones(shape[-1]), "scale": jnp.ones(shape[-1])}
+    for method in sys.argv[1:]:
+      tx = orthax.orthogonalise_components(method)
+      update = jax.jit(lambda g: tx.update(g, tx.init(g))[0])
+      for repeat in range(2):
+        start = time.perf_counter()
+        out = jax.block_until_ready(update(grads))
+        print(method, repeat, round(time.perf_counter() - start, 2), flush=True)
+      kernel = np.asarray(out["layer2"]["kernel"]).reshape(-1, 64)
+      assert np.abs(kernel.T @ kernel - np.eye(64)).max() < 1e-4
+      np.testing.assert_array_equal(out["layer2"]["bias"], grads["layer2"]["bias"])
+    print("finished")
+""")
+
+
+def test_resnet50_gradient_tree_updates_and_finishes():
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "ORTHAX_LAPACK_THREADS")}
+  env["JAX_PLATFORMS"] = "cpu"
+  try:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "auto", "svd"], env=env, capture_output=True, text=True,
+        timeout=240)
+  except subprocess.TimeoutExpired as e:
+    pytest.fail(f"the update did not finish in 240 s: {e.stdout!r}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("finished"), result.stdout

@@ -1,0 +1,229 @@
+"""The matrix methods against numpy's float64 SVD, analytic cases and invariances."""
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import orthax
+from orthax import polar
+
+EXACT = {"svd": polar.svd, "eigh": polar.eigh, "auto": polar.auto}
+APPROXIMATE = {"newton_schulz": polar.newton_schulz, "polar_express": polar.polar_express}
+ALL = {**EXACT, **APPROXIMATE}
+
+
+def reference(g: np.ndarray) -> np.ndarray:
+  """U V^T of each matrix of g, in float64."""
+  u, _, vt = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+  return u @ vt
+
+
+def conditioned(rng, p, n, kappa, batch=()):
+  """Random (batch..., p, n) float32 matrices with singular values log-spaced in [1/kappa, 1]."""
+  k = min(p, n)
+  u, _ = np.linalg.qr(rng.standard_normal(batch + (p, k)))
+  v, _ = np.linalg.qr(rng.standard_normal(batch + (n, k)))
+  s = np.logspace(0, -np.log10(kappa), k)
+  return ((u * s[..., None, :]) @ np.swapaxes(v, -1, -2)).astype(np.float32)
+
+
+def orthonormality_error(o: np.ndarray) -> float:
+  o = np.asarray(o, np.float64)
+  small = o if o.shape[-2] >= o.shape[-1] else np.swapaxes(o, -1, -2)
+  gram = np.swapaxes(small, -1, -2) @ small
+  return float(np.abs(gram - np.eye(gram.shape[-1])).max())
+
+
+SHAPES = [(7, 3), (3, 7), (5, 5), (6, 1), (1, 6), (1, 1), (64, 16), (2, 3, 20, 8)]
+
+
+@pytest.mark.parametrize("name", EXACT)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exact_methods_match_numpy(name, shape):
+  rng = np.random.default_rng(0)
+  g = conditioned(rng, shape[-2], shape[-1], kappa=10.0, batch=shape[:-2])
+  o = EXACT[name](jnp.asarray(g))
+  assert o.shape == g.shape and o.dtype == jnp.float32
+  np.testing.assert_allclose(o, reference(g), atol=1e-5)
+  assert orthonormality_error(o) < 1e-5
+
+
+@hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
+@hypothesis.given(
+    p=st.integers(1, 48), n=st.integers(1, 48), log_kappa=st.floats(0, 3),
+    method=st.sampled_from(sorted(EXACT)), seed=st.integers(0, 2**16))
+def test_exact_methods_property(p, n, log_kappa, method, seed):
+  """Error within float32 round-off times the condition number, over shapes and conditioning."""
+  kappa = 10.0**log_kappa
+  g = conditioned(np.random.default_rng(seed), p, n, kappa)
+  o = np.asarray(EXACT[method](jnp.asarray(g)), np.float64)
+  assert np.abs(o - reference(g)).max() < 2e-6 * kappa * max(p, n) ** 0.5 + 1e-6
+  assert orthonormality_error(o) < 1e-4
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_invariances(name):
+  """O(c G) = O(G) for c > 0, O(Q G R) = Q O(G) R for orthogonal Q and R, O(O(G)) = O(G)."""
+  rng = np.random.default_rng(1)
+  g = conditioned(rng, 24, 8, kappa=4.0)
+  q, _ = np.linalg.qr(rng.standard_normal((24, 24)))
+  r, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+  f = lambda x: np.asarray(ALL[name](jnp.asarray(x, jnp.float32)), np.float64)
+  o = f(g)
+  atol = 1e-5 if name in EXACT else 1e-4
+  np.testing.assert_allclose(f(37.0 * g), o, atol=atol)
+  np.testing.assert_allclose(f(1e-3 * g), o, atol=atol)
+  np.testing.assert_allclose(f(q @ g @ r), q @ o @ r, atol=atol)
+  if name in EXACT:
+    np.testing.assert_allclose(f(o), o, atol=atol)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (5, 1), (3, 2, 2)])
+def test_zero_maps_to_zero(name, shape):
+  o = ALL[name](jnp.zeros(shape))
+  np.testing.assert_array_equal(o, np.zeros(shape))
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gives_nan_for_that_matrix_only(name, bad):
+  g = conditioned(np.random.default_rng(2), 6, 4, kappa=3.0, batch=(2,))
+  g[0, 1, 2] = bad
+  o = np.asarray(ALL[name](jnp.asarray(g)))
+  assert np.isnan(o[0]).all()
+  assert np.isfinite(o[1]).all()
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_rank_deficient_gradient_keeps_only_its_directions(name):
+  """The issue's case: a rank-4 512 x 10 gradient, as a dense layer gets at batch 4."""
+  rng = np.random.default_rng(3)
+  g = (rng.standard_normal((512, 4)) @ rng.standard_normal((4, 10))).astype(np.float32)
+  o = np.asarray(EXACT[name](jnp.asarray(g)), np.float64)
+  u, s, vt = np.linalg.svd(g.astype(np.float64), full_matrices=False)
+  np.testing.assert_allclose(o, u[:, :4] @ vt[:4], atol=1e-5)
+  assert np.sum(o**2) == pytest.approx(4.0, abs=1e-4)
+  # rtol=0 is the paper's U V^T: the 6 directions of round-off come back at full size.
+  raw = np.asarray(polar.svd(jnp.asarray(g), rtol=0.0), np.float64)
+  assert np.sum(raw**2) == pytest.approx(10.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_rtol_drops_small_directions(name):
+  rng = np.random.default_rng(4)
+  u, _ = np.linalg.qr(rng.standard_normal((30, 6)))
+  v, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+  s = np.array([1.0, 0.5, 0.2, 0.05, 0.004, 0.001])
+  g = ((u * s) @ v.T).astype(np.float32)
+  o = np.asarray(EXACT[name](jnp.asarray(g), rtol=1e-2), np.float64)
+  np.testing.assert_allclose(o, u[:, :4] @ v[:, :4].T, atol=1e-5)
+
+
+def test_eigh_is_exact_on_ill_conditioned_input():
+  """Beyond the Gram route's accuracy, eigh hands the stack to svd: never a blown-up result."""
+  rng = np.random.default_rng(5)
+  for kappa in [1e2, 1e4, 1e6]:
+    g = conditioned(rng, 96, 32, kappa=kappa, batch=(3,))
+    o = np.asarray(polar.eigh(jnp.asarray(g)), np.float64)
+    np.testing.assert_allclose(o, polar.svd(jnp.asarray(g)), atol=1e-4)
+    # Directions below rtol = max(P, N) * eps are dropped, so O^T O is a projection.
+    gram = np.swapaxes(o, -1, -2) @ o
+    np.testing.assert_allclose(gram @ gram, gram, atol=1e-5)
+    assert np.trace(gram, axis1=-2, axis2=-1) == pytest.approx(
+        (np.logspace(0, -np.log10(kappa), 32) > 96 * 2**-23).sum(), abs=1e-3)
+
+
+def test_classifier_gradient_null_direction_is_dropped():
+  """Softmax cross-entropy gradients sum to zero over classes: G 1 = 0, so U V^T has a noise
+  direction there; the default rtol removes it and keeps every other direction."""
+  rng = np.random.default_rng(6)
+  h = rng.standard_normal((64, 32)).astype(np.float32)
+  logits = rng.standard_normal((64, 10))
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  g = (h.T @ (probs - np.eye(10)[rng.integers(0, 10, 64)])).astype(np.float32)
+  for method in EXACT.values():
+    o = np.asarray(method(jnp.asarray(g)), np.float64)
+    np.testing.assert_allclose(o @ np.ones(10), 0, atol=1e-5)
+    assert np.sum(o**2) == pytest.approx(9.0, abs=1e-4)
+
+
+def band(method, steps, p=40, n=16, low=1e-2):
+  """Singular values of method(G) where G's normalised singular values span [low, 1] / sqrt(n).
+
+  Also returns the largest off-diagonal entry of U^T O V, which is 0 when O shares G's singular
+  vectors."""
+  rng = np.random.default_rng(7)
+  u, _ = np.linalg.qr(rng.standard_normal((p, n)))
+  v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+  s = np.logspace(0, np.log10(low), n)
+  g = (u * s) @ v.T
+  o = np.asarray(method(jnp.asarray(g, jnp.float32), steps=steps), np.float64)
+  core = u.T @ o @ v
+  off = np.abs(core - np.diag(np.diag(core))).max()
+  return np.diag(core), off
+
+
+@pytest.mark.parametrize(
+    "method, steps, lo, hi",
+    [(polar.newton_schulz, 5, 0.6, 1.25), (polar.polar_express, 5, 0.86, 1.14),
+     (polar.polar_express, 6, 0.995, 1.005), (polar.polar_express, 7, 0.9999, 1.0001)])
+def test_approximate_methods_singular_value_band(method, steps, lo, hi):
+  sv, off = band(method, steps)
+  assert lo <= sv.min() and sv.max() <= hi, (sv.min(), sv.max())
+  assert off < 1e-4
+
+
+@pytest.mark.parametrize("steps", [3, 4, 5, 6, 7, 8, 10])
+def test_polar_express_schedule(steps):
+  """The composed polynomials, in float64: positive on (0, 1], converging towards 1."""
+  x = np.logspace(-3, 0, 2000)
+  y = x.copy()
+  for a, b, c in polar.polar_express_coefficients(steps):
+    y = a * y + b * y**3 + c * y**5
+    assert (y > 0).all()
+  expected = {3: 0.9, 4: 0.6, 5: 0.14, 6: 2e-3, 7: 1e-6, 8: 1e-9, 10: 1e-9}[steps]
+  assert np.abs(y - 1).max() < expected
+
+
+def test_newton_schulz_is_muons_iteration():
+  """One step from a Frobenius-normalised matrix, by hand with Muon's coefficients."""
+  rng = np.random.default_rng(8)
+  g = rng.standard_normal((5, 12))  # wide, so no transpose
+  x = g / np.linalg.norm(g)
+  a = x @ x.T
+  expected = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+  np.testing.assert_allclose(
+      polar.newton_schulz(jnp.asarray(g, jnp.float32), steps=1), expected, atol=1e-5)
+  # Tall input goes through the transpose: the same result, transposed.
+  np.testing.assert_allclose(
+      polar.newton_schulz(jnp.asarray(g.T, jnp.float32), steps=1), expected.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bf16_and_jit(name):
+  g = conditioned(np.random.default_rng(9), 12, 4, kappa=3.0)
+  o = jax.jit(ALL[name])(jnp.asarray(g, jnp.bfloat16))
+  assert o.dtype == jnp.bfloat16
+
+
+def test_auto_chooses_by_shape():
+  """On CPU, tall matrices take the Gram route, square ones the SVD."""
+  lowered = lambda shape: jax.jit(polar.auto).lower(jnp.ones(shape)).as_text()
+  assert "syevd" in lowered((64, 8)) and "syevd" in lowered((8, 64))
+  assert "syevd" not in lowered((8, 8)) and "gesdd" in lowered((8, 8))
+
+
+def test_input_validation():
+  with pytest.raises(ValueError, match="shape"):
+    polar.svd(jnp.ones(3))
+  with pytest.raises(ValueError, match="floating"):
+    polar.eigh(jnp.ones((3, 2), jnp.int32))
+
+
+def test_public_names():
+  assert set(orthax.polar.__all__) == {
+      "auto", "eigh", "newton_schulz", "polar_express", "polar_express_coefficients", "svd"}
