@@ -71,7 +71,8 @@ def test_invariances(name):
   g = conditioned(rng, 24, 8, kappa=4.0)
   q, _ = np.linalg.qr(rng.standard_normal((24, 24)))
   r, _ = np.linalg.qr(rng.standard_normal((8, 8)))
-  f = lambda x: np.asarray(ALL[name](jnp.asarray(x, jnp.float32)), np.float64)
+  def f(x):
+    return np.asarray(ALL[name](jnp.asarray(x, jnp.float32)), np.float64)
   o = f(g)
   atol = 1e-5 if name in EXACT else 1e-4
   np.testing.assert_allclose(f(37.0 * g), o, atol=atol)
@@ -212,7 +213,8 @@ def test_bf16_and_jit(name):
 
 def test_auto_chooses_by_shape():
   """On CPU, tall matrices take the Gram route, square ones the SVD."""
-  lowered = lambda shape: jax.jit(polar.auto).lower(jnp.ones(shape)).as_text()
+  def lowered(shape):
+    return jax.jit(polar.auto).lower(jnp.ones(shape)).as_text()
   assert "syevd" in lowered((64, 8)) and "syevd" in lowered((8, 64))
   assert "syevd" not in lowered((8, 8)) and "gesdd" in lowered((8, 8))
 
