@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -131,3 +132,52 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   if spec_treedef != treedef:
     raise _mismatch(params, spec, what, is_spec_leaf)
   return spec_leaves
+
+
+def _names(key_path) -> tuple[str, ...]:
+  names = []
+  for key in key_path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return tuple(names)
+
+
+def path_matches(names: tuple[str, ...], patterns: Sequence[str]) -> bool:
+  """Whether a pattern equals one of the names on a path or, as a glob, the `/`-joined path."""
+  joined = "/".join(names)
+  return any(p in names or fnmatch.fnmatchcase(joined, p) for p in patterns)
+
+
+def map_with_path_names(fn: Callable[[tuple[str, ...], Any], Any], tree: Any) -> Any:
+  """tree_map with each leaf's path as a tuple of plain names, e.g. ("params", "Dense_0")."""
+  return jax.tree_util.tree_map_with_path(lambda p, x: fn(_names(p), x), tree)
+
+
+def layout_by_path(rules: Mapping[str, Layout]) -> Callable[[Any], Any]:
+  """A layout callable: the first rule whose pattern matches a leaf's path gives its Layout.
+
+  Patterns match as in `orthax.masks.exclude`: a name on the path, or a glob of the whole path
+  joined by `/`. Unmatched leaves get the default `Layout()`.
+
+  Examples:
+    >>> import jax.numpy as jnp, orthax
+    >>> layout = orthax.layout_by_path({"layers": orthax.Layout(batch=0)})  # an nn.scan stack
+    >>> layout({"layers": {"kernel": jnp.ones((4, 8, 8))}, "head": jnp.ones((8, 2))})
+    {'head': None, 'layers': {'kernel': Layout(components=-1, batch=0)}}
+  """
+  for pattern, rule in rules.items():
+    if not isinstance(pattern, str) or not isinstance(rule, Layout):
+      raise ValueError(
+          f"layout_by_path takes a mapping of path patterns to orthax.Layout, got {pattern!r}: "
+          f"{rule!r}.")
+
+  def layout(params: Any) -> Any:
+    def pick(names, _):
+      return next((r for p, r in rules.items() if path_matches(names, (p,))), None)
+    return map_with_path_names(pick, params)
+
+  return layout

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
-from orthax._src.components import default_mask
+from orthax._src.components import default_mask, map_with_path_names, path_matches
 
 Mask = Callable[[Any], Any]
-
-
-def _path(key_path) -> tuple[str, ...]:
-  names = []
-  for key in key_path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  return tuple(names)
-
-
-def _map_with_names(fn: Callable[[tuple[str, ...], Any], bool], params: Any) -> Any:
-  return jax.tree_util.tree_map_with_path(lambda p, x: fn(_path(p), x), params)
 
 
 def kernels(params: Any) -> Any:
@@ -62,13 +45,9 @@ def exclude(*patterns: str, base: Mask = kernels) -> Mask:
         f"exclude(*patterns) needs one or more non-empty strings, got {patterns!r}; for example "
         "orthax.masks.exclude('Embed_0', 'head').")
 
-  def matches(names: tuple[str, ...]) -> bool:
-    joined = "/".join(names)
-    return any(p in names or fnmatch.fnmatchcase(joined, p) for p in patterns)
-
   def mask(params: Any) -> Any:
     chosen = base(params)
-    excluded = _map_with_names(lambda names, _: matches(names), params)
+    excluded = map_with_path_names(lambda names, _: path_matches(names, patterns), params)
     return jax.tree.map(lambda c, e: bool(c) and not e, chosen, excluded)
 
   return mask
