@@ -61,3 +61,23 @@ def test_resnet50_gradient_tree_updates_and_finishes():
     pytest.fail(f"the update did not finish in 240 s: {e.stdout!r}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("finished"), result.stdout
+
+
+def test_scipy_openblas_runs_on_one_thread_after_a_decomposition():
+  """The library jaxlib's LAPACK calls is limited before its first call, not after."""
+  threadpoolctl = pytest.importorskip("threadpoolctl")
+  script = textwrap.dedent("""
+      import jax.numpy as jnp, orthax, threadpoolctl
+      orthax.polar.svd(jnp.ones((4, 3))).block_until_ready()
+      for lib in threadpoolctl.threadpool_info():
+        if "scipy" in lib["filepath"] and "numpy" not in lib["filepath"]:
+          print(lib["num_threads"])
+  """)
+  env = {k: v for k, v in os.environ.items() if k != "ORTHAX_LAPACK_THREADS"}
+  env.update(JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="2")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=120, check=True).stdout.split()
+  del threadpoolctl
+  if not out:
+    pytest.skip("SciPy ships no OpenBLAS of its own here")
+  assert out == ["1"] * len(out)

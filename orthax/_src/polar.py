@@ -55,6 +55,7 @@ def _single_thread_cpu_lapack() -> None:
     return
   try:
     import scipy
+    import scipy.linalg.cython_lapack  # noqa: F401  Loads the library jaxlib will call.
     import threadpoolctl
   except ImportError:
     return
