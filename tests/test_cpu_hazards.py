@@ -65,7 +65,7 @@ def test_resnet50_gradient_tree_updates_and_finishes():
 
 def test_scipy_openblas_runs_on_one_thread_after_a_decomposition():
   """The library jaxlib's LAPACK calls is limited before its first call, not after."""
-  threadpoolctl = pytest.importorskip("threadpoolctl")
+  pytest.importorskip("threadpoolctl")
   script = textwrap.dedent("""
       import jax.numpy as jnp, orthax, threadpoolctl
       orthax.polar.svd(jnp.ones((4, 3))).block_until_ready()
@@ -77,7 +77,6 @@ def test_scipy_openblas_runs_on_one_thread_after_a_decomposition():
   env.update(JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="2")
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        timeout=120, check=True).stdout.split()
-  del threadpoolctl
   if not out:
     pytest.skip("SciPy ships no OpenBLAS of its own here")
   assert out == ["1"] * len(out)
