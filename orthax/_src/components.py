@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -46,11 +47,14 @@ class Layout(NamedTuple):
 def _axes(spec: int | Sequence[int], ndim: int, what: str, shape) -> tuple[int, ...]:
   spec = (spec,) if isinstance(spec, int) else tuple(spec)
   for axis in spec:
-    if not isinstance(axis, int) or not -ndim <= axis < ndim:
+    if not isinstance(axis, numbers.Integral) or not -ndim <= axis < ndim:
       raise ValueError(
           f"Layout {what} axis {axis!r} is out of range for a parameter of {shape=}; use axes "
           f"in [-{ndim}, {ndim}).")
-  return tuple(sorted(axis % ndim for axis in spec))
+  axes = tuple(sorted(axis % ndim for axis in spec))
+  if len(set(axes)) != len(axes):
+    raise ValueError(f"Layout {what} names an axis twice: {spec} for a parameter of {shape=}.")
+  return axes
 
 
 class MatrixView(NamedTuple):
@@ -106,9 +110,13 @@ def _mismatch(expected: Any, got: Any, what: str, is_leaf: Callable | None) -> V
       detail = f"the first mismatch is at {w} in the params and {h} in the {what}"
       break
   else:
-    longer, name = (want, "params") if len(want) > len(have) else (have, what)
-    extra = longer[min(len(want), len(have))] if longer else "<root>"
-    detail = f"{extra} is in the {name} but not in the other"
+    if len(want) == len(have):
+      detail = (f"the paths agree but the containers differ: params "
+                f"{jax.tree_util.tree_structure(expected)}, {what} "
+                f"{jax.tree_util.tree_structure(got, is_leaf=is_leaf)}")
+    else:
+      longer, name = (want, "params") if len(want) > len(have) else (have, what)
+      detail = f"{longer[min(len(want), len(have))]} is in the {name} but not in the other"
   return ValueError(
       f"The {what} tree does not match the params: {detail}. Give a {what} with the params' "
       f"structure, or a callable params -> {what} tree.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ def _is_layout_leaf(x: Any) -> bool:
 
 
 def _component_transform(
-    matrix_fn: Callable[[Array], Array],
+    matrix_fn: MatrixFn,
     *,
     mask: Any,
     layout: Any,
@@ -118,8 +119,10 @@ def _method_fn(method: str, rtol: float | None, steps: int | None) -> MatrixFn:
       raise ValueError(
           f"steps applies to the iterative methods {APPROXIMATE_METHODS}; method={method!r} is "
           "exact. Drop steps, or choose an iterative method.")
-    if rtol is not None and not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):
+    if rtol is not None and not (
+        isinstance(rtol, numbers.Real) and not isinstance(rtol, bool) and 0 <= rtol < 1):
       raise ValueError(f"rtol must be None or a number in [0, 1), got {rtol=}.")
+    rtol = None if rtol is None else float(rtol)
     if method == "auto":
       return lambda x: auto(x, rtol=rtol)
     return lambda x: polar.METHODS[method](x, rtol=rtol)
@@ -128,8 +131,9 @@ def _method_fn(method: str, rtol: float | None, steps: int | None) -> MatrixFn:
         f"rtol (rank-aware truncation) needs an exact method {EXACT_METHODS}; method={method!r} "
         "cannot drop directions. Drop rtol, or choose method='svd' or 'eigh'.")
   steps = 5 if steps is None else steps
-  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+  if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
     raise ValueError(f"{method}(steps=...) must be an integer >= 1, got {steps=}.")
+  steps = int(steps)
   return lambda x: polar.METHODS[method](x, steps=steps)
 
 
