@@ -1,5 +1,6 @@
 """orthax: orthogonalised gradients for Optax (Tuddenham et al., arXiv 2202.07052)."""
 
+from orthax import diagnostics as diagnostics
 from orthax import masks as masks
 from orthax import polar as polar
 from orthax._src.alias import orthogonal_adam as orthogonal_adam
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Layout",
+    "diagnostics",
     "layout_by_path",
     "masks",
     "normalise",
