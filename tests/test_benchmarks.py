@@ -6,7 +6,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("name", ["matrix_methods", "tree_update", "compile_time"])
+@pytest.mark.parametrize("name", ["matrix_methods", "tree_update", "compile_time", "train_step"])
 def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
   module = importlib.import_module(f"benchmarks.{name}")
   monkeypatch.setattr(sys, "argv", [name, "--smoke", "--out", str(tmp_path)])

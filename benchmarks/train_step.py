@@ -1,0 +1,90 @@
+"""Q3: a full training step (forward, backward, update): SGDM vs Orthogonal-SGDM vs Muon.
+
+    python -m benchmarks.train_step                   # BasicCNN and ResNet-20 at batch 1024
+    python -m benchmarks.train_step --resnet50        # adds ResNet-50 at batch 256 (slow on CPU)
+
+The paper's hyper-parameters (lr 1e-2, momentum 0.9, weight decay 5e-4) on random 32x32 inputs;
+every contender runs the same jitted step but for its optimiser, timed interleaved. "vs sgdm" is
+the step-time ratio to SGDM measured in the same run; peak memory is reported where the backend
+exposes it (GPU, TPU).
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from benchmarks import common
+from examples.cifar10 import models, optimizers
+from orthax._src.polar import _single_thread_cpu_lapack
+
+CONTENDERS = {
+    "sgdm": ("sgdm", "auto"),
+    "orthogonal-sgdm auto": ("orthogonal-sgdm", "auto"),
+    "orthogonal-sgdm svd": ("orthogonal-sgdm", "svd"),
+    "orthogonal-sgdm eigh": ("orthogonal-sgdm", "eigh"),
+    "orthogonal-sgdm newton_schulz": ("orthogonal-sgdm", "newton_schulz"),
+    "orthogonal-sgdm polar_express": ("orthogonal-sgdm", "polar_express"),
+    "muon": ("muon", "auto"),
+}
+
+
+def make_step(model, tx):
+  def loss_fn(params, batch_stats, images, labels):
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                  train=True, mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, updates["batch_stats"]
+
+  def step(params, batch_stats, opt_state, images, labels):
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats, images, labels)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+  return step
+
+
+def peak_memory_mb() -> float | str:
+  stats = jax.devices()[0].memory_stats()
+  if not stats or "peak_bytes_in_use" not in stats:
+    return "n/a"
+  return stats["peak_bytes_in_use"] / 2**20
+
+
+def main() -> None:
+  p = common.parser(__doc__)
+  p.add_argument("--resnet50", action="store_true")
+  args = p.parse_args()
+  _single_thread_cpu_lapack()
+  cases = [("basic_cnn", 1024), ("resnet20", 1024)]
+  if args.resnet50:
+    cases.append(("resnet50", 256))
+  if args.smoke:
+    cases = [("basic_cnn", 8)]
+  rows = []
+  for name, batch in cases:
+    model = models.MODELS[name](num_classes=10)
+    key = jax.random.key(0)
+    images = jax.random.normal(key, (batch, 32, 32, 3))
+    labels = jax.random.randint(key, (batch,), 0, 10)
+    variables = model.init(key, images[:2], train=False)
+    compiled, compile_s, inputs = {}, {}, {}
+    for label, (optimizer, method) in CONTENDERS.items():
+      tx = optimizers.make_optimizer(optimizer, learning_rate=1e-2, momentum=0.9,
+                                     weight_decay=5e-4, method=method)
+      inputs[label] = (variables["params"], variables["batch_stats"],
+                       tx.init(variables["params"]), images, labels)
+      compiled[label], compile_s[label] = common.compile_seconds(
+          make_step(model, tx), *inputs[label])
+    times = common.time_interleaved(compiled, inputs, 1 if args.smoke else args.repeats)
+    for label in CONTENDERS:
+      rows.append({"model": name, "batch": batch, "optimiser": label,
+                   "step ms": 1e3 * times[label], "vs sgdm": times[label] / times["sgdm"],
+                   "compile s": compile_s[label], "peak MiB": peak_memory_mb()})
+    print(name, {k: f"{v / times['sgdm']:.3f}" for k, v in times.items()}, flush=True)
+  print(common.write("train_step", rows, args.out))
+
+
+if __name__ == "__main__":
+  main()
