@@ -51,7 +51,7 @@ def test_exact_methods_match_numpy(name, shape):
   assert orthonormality_error(o) < 1e-5
 
 
-@hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
+@hypothesis.settings(max_examples=20, deadline=None, derandomize=True)
 @hypothesis.given(
     p=st.integers(1, 48), n=st.integers(1, 48), log_kappa=st.floats(0, 3),
     method=st.sampled_from(sorted(EXACT)), seed=st.integers(0, 2**16))

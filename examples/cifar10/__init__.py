@@ -1,0 +1,1 @@
+"""CIFAR-10 training example: the paper's protocol, data parallel, checkpointed and resumable."""

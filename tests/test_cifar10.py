@@ -1,0 +1,310 @@
+"""Tests of the CIFAR-10 example: data, augmentation, training, resume, data parallelism, compare.
+
+Training tests use a tiny CNN (`MODELS["tiny"]`, only during these tests) on synthetic data,
+and share their runs through one module fixture: each compile costs seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from examples.cifar10 import compare, configs, optimizers, train
+from examples.cifar10 import data as data_lib
+from examples.cifar10.models import MODELS
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_DIAGNOSTICS = importlib.util.find_spec("orthax.diagnostics") is not None
+TINY = train.Config(
+    model="tiny", optimizer="orthogonal-sgdm", epochs=1, batch_size=64, eval_batch_size=64,
+    synthetic=True, train_size=256, validation_size=128, test_size=128)
+
+
+class TinyCNN(nn.Module):
+  """Two stride-2 convolutions with batch norm, global pooling, a linear classifier."""
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for features in (8, 16):
+      x = nn.Conv(features, (3, 3), strides=2)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model():
+  """MODELS["tiny"] while this module's tests run (other modules see MODELS unchanged)."""
+  MODELS["tiny"] = TinyCNN
+  yield
+  del MODELS["tiny"]
+
+
+def final_state(config: train.Config, workdir: Path) -> train.TrainState:
+  """The state of `workdir`'s latest checkpoint."""
+  state = train.create_train_state(
+      config, train.make_model(config.model), 1, train.make_mesh())
+  return train.restore_checkpoint(train.checkpoint_manager(workdir), state)[0]
+
+
+def numpy_tree(state: train.TrainState) -> dict:
+  return jax.device_get(
+      {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state})
+
+
+def run_tiny(workdir: str, config: train.Config = TINY) -> tuple[list[dict], dict]:
+  """Trains `config` in `workdir`; its metrics and final state (also run in a subprocess)."""
+  records = train.train_and_evaluate(config, workdir)
+  return records, numpy_tree(final_state(config, Path(workdir)))
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def local_copy() -> Path:
+  try:
+    return data_lib.find_local_copy()
+  except data_lib.DataNotFoundError as error:
+    pytest.skip(str(error).splitlines()[0])
+
+
+def test_split_is_fixed_45k_5k():
+  train_idx, val_idx = data_lib.split_indices()
+  assert (len(train_idx), len(val_idx)) == (45_000, 5_000)
+  assert len(np.union1d(train_idx, val_idx)) == 50_000
+  np.testing.assert_array_equal(data_lib.split_indices()[1], val_idx)
+
+
+def test_loader_on_local_copy():
+  dataset = data_lib.load(local_copy(), train_size=2000, test_size=1000)
+  assert dataset.train.images.shape == (2000, 32, 32, 3)
+  assert dataset.validation.images.shape == (5000, 32, 32, 3)
+  assert dataset.test.images.shape == (1000, 32, 32, 3)
+  for split in dataset[:3]:
+    assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+    assert split.labels.min() == 0 and split.labels.max() == 9
+  counts = np.bincount(dataset.validation.labels, minlength=10)
+  assert counts.min() > 400 and counts.max() < 600, counts
+  np.testing.assert_allclose(dataset.mean, (0.4913, 0.4821, 0.4465), atol=0.02)
+  assert all(0.2 < s < 0.3 for s in dataset.std)
+
+
+def test_missing_data_says_how_to_point_at_a_copy(tmp_path):
+  with pytest.raises(data_lib.DataNotFoundError) as error:
+    data_lib.load(tmp_path / "missing.npz")
+  message = str(error.value)
+  assert "--data" in message and "ORTHAX_CIFAR10" in message and "--synthetic" in message
+
+
+def test_augment_crops_and_flips():
+  images = jax.random.randint(jax.random.key(1), (32, 32, 32, 3), 1, 256).astype(jnp.uint8)
+  out = np.asarray(jax.jit(data_lib.augment)(images, jax.random.key(2)))
+  assert out.shape == images.shape and out.dtype == np.uint8
+  padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)))
+  found = set()
+  for image, result in zip(padded, out, strict=True):
+    matches = [(r, c, flip) for r in range(9) for c in range(9) for flip in (False, True)
+               if np.array_equal(
+                   image[r:r + 32, c:c + 32][:, ::-1] if flip else image[r:r + 32, c:c + 32],
+                   result)]
+    assert len(matches) == 1  # every output is one crop of its padded image, maybe mirrored
+    found.add(matches[0])
+  assert {flip for _, _, flip in found} == {False, True}
+  assert len({(r, c) for r, c, _ in found}) > 10
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+  order = train.epoch_order(100, 32, seed=0, epoch=1)
+  assert order.shape == (3, 32) and len(np.unique(order)) == 96
+  np.testing.assert_array_equal(order, train.epoch_order(100, 32, seed=0, epoch=1))
+  assert not np.array_equal(order, train.epoch_order(100, 32, seed=0, epoch=2))
+
+
+# --- optimisers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", optimizers.OPTIMIZERS)
+def test_every_optimizer_takes_a_step(name):
+  params = {"conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.zeros(8)},
+            "dense": {"kernel": jnp.ones((8, 10)), "bias": jnp.zeros(10)}}
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(0), p.shape), params)
+  tx = optimizers.make_optimizer(name, learning_rate=1e-2, momentum=0.9, weight_decay=5e-4)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) and bool(jnp.any(u != 0))
+             for u in jax.tree.leaves(updates))
+  if name in ("orthogonal-sgdm", "muon"):  # the conv kernel's step is orthogonalised
+    singular = jnp.linalg.svd(updates["conv"]["kernel"].reshape(36, 8), compute_uv=False)
+    assert singular.max() / singular.min() < 1.6, singular
+
+
+def test_conv_mask_leaves_dense_kernels_alone():
+  grads = {"conv": {"kernel": jnp.arange(72.0).reshape(3, 3, 1, 8)},
+           "dense": {"kernel": jnp.arange(80.0).reshape(8, 10)}}
+  direction = optimizers.make_direction("orthogonal-sgdm", mask="conv")
+  updates, _ = direction.update(grads, direction.init(grads), grads)
+  np.testing.assert_array_equal(updates["dense"]["kernel"], grads["dense"]["kernel"])
+  assert not np.array_equal(updates["conv"]["kernel"], grads["conv"]["kernel"])
+
+
+def test_unknown_optimizer_names_the_choices():
+  with pytest.raises(ValueError, match="orthogonal-sgdm"):
+    optimizers.make_optimizer("orthogonal-sgd", learning_rate=1e-2)
+
+
+# --- training, resume, data parallelism ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A 2-epoch run, and a 1-epoch run resumed to 2 epochs, of the tiny CNN."""
+  root = tmp_path_factory.mktemp("runs")
+  straight = dataclasses.replace(TINY, epochs=2)
+  resumed = dataclasses.replace(TINY, diagnostics=HAS_DIAGNOSTICS)
+  first_records, first_state = run_tiny(str(root / "resumed"), resumed)
+  jsonl = (root / "resumed/metrics.jsonl").read_text()
+  resumed = dataclasses.replace(resumed, epochs=2, diagnostics=False)  # one compile fewer
+  return {
+      "root": root, "first_records": first_records, "first_state": first_state, "jsonl": jsonl,
+      "straight": run_tiny(str(root / "straight"), straight),
+      "resumed": run_tiny(str(root / "resumed"), resumed),
+  }
+
+
+def test_one_epoch_end_to_end(runs):
+  (record,) = runs["first_records"]
+  assert json.loads(runs["jsonl"]) == json.loads(json.dumps(record))
+  for split in ("train", "val", "test"):
+    assert np.isfinite(record[f"{split}_loss"]) and 0 <= record[f"{split}_accuracy"] <= 1
+  assert record["epoch"] == 1 and record["step_ms"] > 0 and record["compile_s"] > 0
+  assert (runs["root"] / "resumed/checkpoints").is_dir()
+
+
+def test_resume_is_bit_identical(runs):
+  straight_records, straight_state = runs["straight"]
+  resumed_records, resumed_state = runs["resumed"]
+  jax.tree.map(np.testing.assert_array_equal, resumed_state, straight_state)
+  assert [r["epoch"] for r in resumed_records] == [1, 2]
+  for key in ("train_loss", "val_loss", "test_accuracy"):
+    assert resumed_records[1][key] == straight_records[1][key]
+
+
+def test_resume_refuses_other_settings(runs):
+  other = dataclasses.replace(TINY, learning_rate=0.1, epochs=3)
+  with pytest.raises(ValueError, match="learning_rate"):
+    train.train_and_evaluate(other, runs["root"] / "straight")
+
+
+def test_diagnostics_are_logged(runs):
+  pytest.importorskip("orthax.diagnostics")
+  diagnostics = runs["first_records"][0]["diagnostics"]
+  assert set(diagnostics["component_cosine"]) == {"Conv_0", "Conv_1"}
+  assert all(0 <= c <= 1 for c in diagnostics["component_cosine"].values())
+  assert diagnostics["dead_parameters"] >= 0
+  errors = diagnostics["orthogonality_error"]
+  assert errors["Conv_0/kernel"] < 1e-4 and errors["Conv_1/kernel"] < 1e-4  # exact U V^T
+
+
+SUBPROCESS = """
+import json, sys
+import numpy as np
+from tests import test_cifar10 as t
+t.MODELS["tiny"] = t.TinyCNN
+records, state = t.run_tiny(sys.argv[1])
+np.savez(sys.argv[1] + "/final.npz", *[np.asarray(x) for x in t.jax.tree.leaves(state)])
+print(json.dumps({"devices": t.jax.device_count(), "records": records}))
+"""
+
+
+def test_eight_devices_match_one(runs, tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  result = subprocess.run(
+      [sys.executable, "-c", SUBPROCESS, str(tmp_path)], env=env, cwd=REPO, capture_output=True,
+      text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  output = json.loads(result.stdout.strip().splitlines()[-1])
+  assert output["devices"] == 8
+  (multi,), (single,) = output["records"], runs["first_records"]
+  for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss"):
+    np.testing.assert_allclose(multi[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  with np.load(tmp_path / "final.npz") as saved:
+    multi_leaves = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+  for m, s in zip(multi_leaves, jax.tree.leaves(runs["first_state"]), strict=True):
+    np.testing.assert_allclose(m, s, rtol=1e-4, atol=1e-5)
+
+
+# --- compare and configs -------------------------------------------------------------------------
+
+
+def test_compare_end_to_end(tmp_path, capsys):
+  argv = ["--model", "tiny", "--optimizers", "sgdm,orthogonal-sgdm@mask=conv", "--epochs", "1",
+          "--batch-size", "64", "--eval-batch-size", "64", "--synthetic", "--train-size", "128",
+          "--validation-size", "64", "--test-size", "64", "--no-checkpoint", "--target", "0.05",
+          "--workdir", str(tmp_path)]
+  assert compare.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "| optimiser | final train loss | test loss | test accuracy |" in out
+  assert "| sgdm |" in out and "| orthogonal-sgdm@mask=conv |" in out
+  assert "jax " + jax.__version__ in out
+  assert (tmp_path / "compare.png").stat().st_size > 0
+  results = json.loads((tmp_path / "results.json").read_text())["results"]
+  assert set(results) == {"sgdm", "orthogonal-sgdm@mask=conv"}
+  assert results["sgdm"][0]["epoch"] == [1]
+
+
+def test_table_shows_mean_and_std_over_seeds():
+  run = {"train_loss": [1.0], "test_loss": [1.0], "test_accuracy": [0.5],
+         "val_accuracy": [0.4], "wall_s": 1.0, "mean_step_ms": 2.0}
+  table = compare.results_table({"sgdm": [run, {**run, "test_accuracy": [0.7]}]}, target=0.5)
+  assert "| sgdm |" in table and "60.00 ± 14.14%" in table and "| - |" in table
+
+
+def test_missing_data_exits_2(tmp_path, capsys):
+  assert compare.main(["--data", str(tmp_path / "missing.npz")]) == 2
+  assert "ORTHAX_CIFAR10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(configs.CONFIGS))
+def test_configs_are_valid_compare_commands(name):
+  for argv in configs.CONFIGS[name](seeds=(0, 1), workdir="/tmp/x"):
+    args = compare.parse_args(argv)
+    assert args.model in MODELS and compare.seeds(args) == [0, 1]
+    for spec in args.optimizers.split(","):
+      optimizers.check_name(compare.parse_spec(spec)[0], compare.parse_spec(spec)[1].get(
+          "mask", args.mask))
+
+
+def test_config_flags_override_presets():
+  given = compare.given_flags(["--config", "table1", "--epochs", "2", "--synthetic"])
+  assert given == {"config": "table1", "epochs": 2, "synthetic": True}
+  assert len(configs.table1()) == len(configs.TABLE1_MODELS)
+  assert len(configs.table1("resnet20")) == 1
+  assert len(configs.table3()) == 6
+
+
+def test_optimizer_spec_options():
+  assert compare.parse_spec("orthogonal-sgdm@mask=conv@rtol=0.01") == (
+      "orthogonal-sgdm", {"mask": "conv", "rtol": 0.01})
+  with pytest.raises(ValueError, match="key=value"):
+    compare.parse_spec("sgdm@lr")
+
+
+def test_step_schedule_divides_by_ten():
+  config = train.Config(learning_rate=0.1, schedule="step", decay_epochs=(2, 3))
+  schedule = train.make_schedule(config, steps_per_epoch=10)
+  assert [float(schedule(s)) for s in (0, 19, 20, 30)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+  assert isinstance(train.make_tx(config, 10), optax.GradientTransformation)
