@@ -13,25 +13,17 @@ import textwrap
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 SCRIPT = textwrap.dedent("""
     import sys, time
     import jax, jax.numpy as jnp, numpy as np
     import orthax
-
-    def resnet50_kernels():
-      shapes = [(7, 7, 3, 64)]
-      inputs = 64
-      for width, blocks in [(64, 3), (128, 4), (256, 6), (512, 3)]:
-        for block in range(blocks):
-          shapes += [(1, 1, inputs, width), (3, 3, width, width), (1, 1, width, 4 * width)]
-          if block == 0:
-            shapes.append((1, 1, inputs, 4 * width))
-          inputs = 4 * width
-      return shapes + [(2048, 1000)]
+    from benchmarks.common import resnet50_kernel_shapes
 
     rng = np.random.default_rng(0)
     grads = {}
-    for i, shape in enumerate(resnet50_kernels()):
+    for i, shape in enumerate(resnet50_kernel_shapes()):
       grads[f"layer{i}"] = {
           "kernel": jnp.asarray(rng.standard_normal(shape), jnp.float32),
           "bias": jnp.ones(shape[-1]), "scale": jnp.ones(shape[-1])}
@@ -56,7 +48,7 @@ def test_resnet50_gradient_tree_updates_and_finishes():
   try:
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, "auto", "svd"], env=env, capture_output=True, text=True,
-        timeout=240)
+        timeout=240, cwd=ROOT)
   except subprocess.TimeoutExpired as e:
     pytest.fail(f"the update did not finish in 240 s: {e.stdout!r}")
   assert result.returncode == 0, result.stderr[-3000:]
