@@ -173,16 +173,20 @@ class ResNet(nn.Module):
 
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
-  num_classes: int = 10
+  num_classes: int | None = 10  # None: no classifier; the pooled features are the output
   groups: int = 1
   width_per_group: int = 64
+  cifar_stem: bool = False  # a 3x3 stride-1 stem without max-pool, for 32x32 images
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     norm = batch_norm(train)
-    x = nn.Conv(64, (7, 7), strides=2, padding=3, use_bias=False, kernel_init=kaiming_fan_out)(x)
-    x = nn.relu(norm()(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    conv = functools.partial(nn.Conv, 64, use_bias=False, kernel_init=kaiming_fan_out)
+    if self.cifar_stem:
+      x = nn.relu(norm()(conv((3, 3), padding=1)(x)))
+    else:
+      x = nn.relu(norm()(conv((7, 7), strides=2, padding=3)(x)))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
@@ -190,7 +194,7 @@ class ResNet(nn.Module):
             64 * 2**stage, strides, norm, groups=self.groups,
             width_per_group=self.width_per_group)(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return x if self.num_classes is None else nn.Dense(self.num_classes)(x)
 
 
 class DenseLayer(nn.Module):

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +93,10 @@ def make_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), (jax.sharding.AxisType.Auto,))
 
 
-def make_model(name: str):
+def make_model(name: str, num_classes: int = 10):
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; choose from {', '.join(MODELS)}.")
-  return MODELS[name](num_classes=10)
+  return MODELS[name](num_classes=num_classes)
 
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.ScalarOrSchedule:
@@ -121,12 +123,13 @@ def init_fn(model):
 
 
 def create_train_state(
-    config: Config, model, steps_per_epoch: int, mesh: jax.sharding.Mesh
+    config: Config, model, steps_per_epoch: int, mesh: jax.sharding.Mesh, *,
+    tx: optax.GradientTransformation | None = None, image_size: int = 32,
 ) -> TrainState:
-  """A fresh state from `config.seed`, replicated over the mesh."""
+  """A fresh state from `config.seed`, replicated over the mesh; `tx` defaults to `make_tx`."""
   init_key, rng = jax.random.split(jax.random.key(config.seed))
-  variables = init_fn(model)(init_key, jnp.zeros((1, 32, 32, 3), jnp.float32))
-  tx = make_tx(config, steps_per_epoch)
+  variables = init_fn(model)(init_key, jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+  tx = tx or make_tx(config, steps_per_epoch)
   state = TrainState(
       step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=variables["params"],
       tx=tx, opt_state=tx.init(variables["params"]), batch_stats=variables["batch_stats"],
@@ -138,9 +141,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *, mean, std):
-  """One optimiser step on an augmented global batch of uint8 images."""
-  images = data_lib.augment(images, jax.random.fold_in(state.rng, state.step))
+def train_step(
+    state: TrainState, images: jax.Array, labels: jax.Array, *, mean, std,
+    augment=data_lib.augment,
+):
+  """One optimiser step on a global batch of uint8 images, augmented on the device by `augment`
+  (None: the images come augmented, as from the ImageNet example's input pipeline)."""
+  if augment is not None:
+    images = augment(images, jax.random.fold_in(state.rng, state.step))
   x = data_lib.normalise(images, mean, std)
 
   def loss_fn(params):
@@ -169,13 +177,17 @@ def make_eval_fn(model, mean, std, mesh):
                  out_shardings=NamedSharding(mesh, P()))
 
 
-def compile_train_step(state: TrainState, dataset, batch_size: int, mesh) -> tuple[Any, float]:
-  """The train step compiled ahead of time for this state and batch shape, and compile seconds."""
+def compile_train_step(
+    state: TrainState, dataset, batch_size: int, mesh, *, step=train_step, image_size: int = 32
+) -> tuple[Any, float]:
+  """`step` (default `train_step`) compiled ahead of time for this state and batch shape, and
+  compile seconds. `step(state, images, labels, *, mean, std)` takes uint8 images."""
   replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   step = jax.jit(
-      functools.partial(train_step, mean=dataset.mean, std=dataset.std),
+      functools.partial(step, mean=dataset.mean, std=dataset.std),
       in_shardings=(replicated, batched, batched), out_shardings=replicated)
-  images = jax.ShapeDtypeStruct((batch_size, 32, 32, 3), jnp.uint8, sharding=batched)
+  images = jax.ShapeDtypeStruct(
+      (batch_size, image_size, image_size, 3), jnp.uint8, sharding=batched)
   labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batched)
   start = time.perf_counter()
   compiled = step.lower(state, images, labels).compile()
@@ -190,14 +202,21 @@ def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 
-def train_epoch(state, step_fn, split, order, sharding, desc: str) -> tuple[TrainState, dict]:
-  """Runs `order`'s batches; mean train loss and accuracy, and the mean step time.
+def split_batches(split, order, sharding):
+  """`split`'s images and labels batch by batch in `order`, placed with `sharding` (lazily)."""
+  for indices in order:
+    yield jax.device_put((split.images[indices], split.labels[indices]), sharding)
+
+
+def train_epoch(state, step_fn, batches, steps: int, desc: str) -> tuple[TrainState, dict]:
+  """Runs `step_fn` over `steps` placed batches; the mean of each metric as `train_<name>` (loss,
+  accuracy, ...), and the mean step time.
 
   One step stays in flight: step i's metrics are read after step i + 1 is dispatched, so the host
   gathers the next batch while the device computes, and the progress bar stays honest.
   """
   history, pending = [], None
-  bar = tqdm(total=len(order), desc=desc, leave=False, file=sys.stderr)
+  bar = tqdm(total=steps, desc=desc, leave=False, file=sys.stderr)
 
   def record(metrics):
     history.append(jax.device_get(metrics))
@@ -205,8 +224,7 @@ def train_epoch(state, step_fn, split, order, sharding, desc: str) -> tuple[Trai
     bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", refresh=False)
 
   start = time.perf_counter()
-  for indices in order:
-    batch = jax.device_put((split.images[indices], split.labels[indices]), sharding)
+  for batch in itertools.islice(batches, steps):
     state, metrics = step_fn(state, *batch)
     if pending is not None:
       record(pending)
@@ -215,16 +233,13 @@ def train_epoch(state, step_fn, split, order, sharding, desc: str) -> tuple[Trai
   jax.block_until_ready(state)
   seconds = time.perf_counter() - start
   bar.close()
-  return state, {
-      "train_loss": float(np.mean([m["loss"] for m in history])),
-      "train_accuracy": float(np.mean([m["accuracy"] for m in history])),
-      "step_ms": 1e3 * seconds / len(order),
-  }
+  means = {f"train_{k}": float(np.mean([m[k] for m in history])) for k in history[0]}
+  return state, {**means, "step_ms": 1e3 * seconds / len(history)}
 
 
-def evaluate(state, eval_fn, split, batch_size: int, sharding) -> tuple[float, float]:
-  """Mean loss and accuracy over a whole split; the last batch is padded with weight 0."""
-  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+def padded_batches(split, batch_size: int, sharding):
+  """`split` in order as placed (images, labels, weights) batches; the last is padded with
+  weight 0."""
   for start in range(0, len(split.labels), batch_size):
     images = split.images[start:start + batch_size]
     labels = split.labels[start:start + batch_size]
@@ -232,11 +247,22 @@ def evaluate(state, eval_fn, split, batch_size: int, sharding) -> tuple[float, f
     weights = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
     images = np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
     labels = np.pad(labels, (0, pad))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    sums = eval_fn(variables, *jax.device_put((images, labels, weights), sharding))
-    sums = jax.device_get(sums)
+    yield jax.device_put((images, labels, weights), sharding)
+
+
+def evaluate_batches(state, eval_fn, batches) -> tuple[float, float]:
+  """Mean loss and accuracy over (images, labels, weights) batches (weight 0 marks padding)."""
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  for batch in batches:
+    sums = jax.device_get(eval_fn(variables, *batch))
     totals = {k: totals[k] + float(sums[k]) for k in totals}
   return totals["loss"] / totals["count"], totals["correct"] / totals["count"]
+
+
+def evaluate(state, eval_fn, split, batch_size: int, sharding) -> tuple[float, float]:
+  """Mean loss and accuracy over a whole split; the last batch is padded with weight 0."""
+  return evaluate_batches(state, eval_fn, padded_batches(split, batch_size, sharding))
 
 
 def layer_name(path) -> str:
@@ -420,27 +446,59 @@ def train_and_evaluate(
   dataset = dataset or load_dataset(config)
   mesh, model = make_mesh(), make_model(config.model)
   steps = steps_per_epoch(config, dataset)
-  manager = checkpoint_manager(workdir) if config.checkpoint else None
   state = create_train_state(config, model, steps, mesh)
+  batched = NamedSharding(mesh, P("data"))
+  eval_fn = make_eval_fn(model, dataset.mean, dataset.std, mesh)
+  diagnose = make_diagnose(config, dataset, mesh) if config.diagnostics else None
+
+  def evaluate(state):
+    record = evaluate_splits(state, eval_fn, dataset, config.eval_batch_size, batched)
+    if diagnose is not None:
+      record["diagnostics"] = diagnose(state)
+    return record
+
+  def epoch_batches(epoch):
+    order = epoch_order(len(dataset.train.labels), config.batch_size, config.seed, epoch)
+    return split_batches(dataset.train, order, batched)
+
+  return fit(
+      config, workdir, state, steps=steps, epoch_batches=epoch_batches,
+      compile_step=lambda state: compile_train_step(state, dataset, config.batch_size, mesh),
+      evaluate=evaluate, schedule=make_schedule(config, steps), summary=summary_line)
+
+
+def fit(
+    config, workdir: Path, state: TrainState, *, steps: int,
+    epoch_batches: Callable[[int], Iterable], compile_step: Callable, evaluate: Callable,
+    schedule: optax.ScalarOrSchedule, summary: Callable[[Any, dict], str],
+) -> list[dict]:
+  """The epoch loop the examples share: resume, train, evaluate, checkpoint, log each epoch.
+
+  Args:
+    config: a dataclass with `epochs`, `optimizer` and `checkpoint` (saved as config.json).
+    workdir: an existing directory for metrics.jsonl, config.json and checkpoints/.
+    state: a fresh `TrainState`; replaced by the latest checkpoint's if there is one.
+    steps: steps per epoch.
+    epoch_batches: epoch -> an iterable of at least `steps` placed batches (step_fn's arguments
+      after the state).
+    compile_step: state -> (step_fn, compile seconds), called only if an epoch is left to train.
+    evaluate: state -> a dict of evaluation metrics for the epoch's record.
+    schedule: the learning rate (logged at the start of each epoch).
+    summary: (config, record) -> the line printed after each epoch.
+  """
+  manager = checkpoint_manager(workdir) if config.checkpoint else None
   state, start_epoch, records = resume(config, workdir, manager, state)
   if start_epoch >= config.epochs:
     return records
 
-  batched = NamedSharding(mesh, P("data"))
-  step_fn, compile_s = compile_train_step(state, dataset, config.batch_size, mesh)
-  eval_fn = make_eval_fn(model, dataset.mean, dataset.std, mesh)
-  diagnose = make_diagnose(config, dataset, mesh) if config.diagnostics else None
-  schedule = make_schedule(config, steps)
+  step_fn, compile_s = compile_step(state)
   for epoch in range(start_epoch + 1, config.epochs + 1):
     start = time.perf_counter()
     record = {"epoch": epoch, "learning_rate": learning_rate_at(schedule, state.step)}
-    order = epoch_order(len(dataset.train.labels), config.batch_size, config.seed, epoch)
     desc = f"{config.optimizer} epoch {epoch}/{config.epochs}"
-    state, train_metrics = train_epoch(state, step_fn, dataset.train, order, batched, desc)
+    state, train_metrics = train_epoch(state, step_fn, epoch_batches(epoch), steps, desc)
     record.update(train_metrics)
-    record.update(evaluate_splits(state, eval_fn, dataset, config.eval_batch_size, batched))
-    if diagnose is not None:
-      record["diagnostics"] = diagnose(state)
+    record.update(evaluate(state))
     if manager is not None:
       save_checkpoint(manager, state, epoch)
     record["epoch_s"] = time.perf_counter() - start
@@ -448,7 +506,7 @@ def train_and_evaluate(
     records.append(record)
     with (workdir / "metrics.jsonl").open("a") as f:
       f.write(json.dumps(record) + "\n")
-    tqdm.write(summary_line(config, record), file=sys.stderr)
+    tqdm.write(summary(config, record), file=sys.stderr)
   if manager is not None:
     manager.close()  # waits for the last asynchronous save
   return records
