@@ -1,0 +1,125 @@
+"""Barlow Twins on CIFAR-10: LARS against Orthogonal LARS, same seed, data and augmentations.
+
+    python -m examples.barlow_twins.main --epochs 100                         # both optimisers
+    python -m examples.barlow_twins.main --optimizers orthogonal-lars --backbone resnet18 ...
+
+Each optimiser pretrains in `<workdir>/<optimiser>/` (metrics.jsonl, config.json, checkpoints;
+rerunning the command resumes), then its frozen backbone is evaluated: k-NN and linear probe on
+the CIFAR-10 test set. Writes `results.json` and `loss.png` (the Barlow Twins loss per epoch, as
+the paper's Fig. 7) to the workdir and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import jax
+
+from examples.barlow_twins import lars, models, train
+from examples.cifar10 import data as data_lib
+
+
+def make_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  add = parser.add_argument
+  defaults = train.Config()
+  add("--optimizers", default="lars,orthogonal-lars",
+      help=f"comma-separated, from {', '.join(lars.OPTIMIZERS)}")
+  add("--backbone", default=defaults.backbone, choices=sorted(models.BACKBONES))
+  add("--projector", default="-".join(map(str, defaults.projector)),
+      help="projector sizes, e.g. 2048-2048-2048 (the authors': 8192-8192-8192)")
+  for name in ("epochs", "warmup_epochs", "batch_size", "eval_batch_size", "seed", "knn_every",
+               "knn_k", "probe_steps"):
+    add("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+  for name in ("weights_learning_rate", "biases_learning_rate", "weight_decay", "momentum",
+               "trust_coefficient", "lambd", "knn_temperature", "probe_learning_rate"):
+    add("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+  add("--method", default=defaults.method, help="orthax method for Orthogonal LARS")
+  add("--train-size", type=int, default=None, help="first N of the 45k training images")
+  add("--test-size", type=int, default=None, help="first N of the 10k test images")
+  add("--data", default=None, help="cifar10_jpeg.npz (default: $ORTHAX_CIFAR10, tfds, local)")
+  add("--synthetic", action="store_true", help="synthetic data (tests; no real accuracy)")
+  add("--no-checkpoint", dest="checkpoint", action="store_false")
+  add("--workdir", default=None, help="default runs/barlow_twins/<time>")
+  return parser
+
+
+def make_config(args: argparse.Namespace, optimizer: str) -> train.Config:
+  fields = {f.name for f in dataclasses.fields(train.Config)}
+  options = {k: v for k, v in vars(args).items() if k in fields}
+  projector = tuple(int(size) for size in args.projector.split("-"))
+  return train.Config(**{**options, "optimizer": optimizer, "projector": projector})
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+  for name, records in results.items():
+    ax.plot([r["epoch"] for r in records], [r["train_loss"] for r in records],
+            label=name.replace("lars", "LARS").replace("orthogonal-", "Orthogonal "))
+  ax.set(xlabel="epoch", ylabel="Barlow Twins loss (train, epoch mean)", yscale="log")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def results_table(results: dict[str, list[dict]]) -> str:
+  lines = ["| optimiser | epochs | final train loss | k-NN test accuracy | linear probe test "
+           "accuracy | step time | wall time |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for name, records in results.items():
+    last = records[-1]
+    probe = last.get("probe_test_accuracy")
+    probe_cell = "-" if probe is None else f"{100 * probe:.2f} %"
+    lines.append(
+        f"| {name} | {last['epoch']} | {last['train_loss']:.1f} | "
+        f"{100 * last['knn_accuracy']:.2f} % | {probe_cell} | "
+        f"{sum(r['step_ms'] for r in records) / len(records):.0f} ms | "
+        f"{sum(r['epoch_s'] for r in records):.0f} s |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  args = make_parser().parse_args(argv)
+  names = args.optimizers.split(",")
+  for name in names:
+    if name not in lars.OPTIMIZERS:
+      make_parser().error(f"unknown optimiser {name!r}; choose from {', '.join(lars.OPTIMIZERS)}")
+  time_tag = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  workdir = Path(args.workdir or f"runs/barlow_twins/{time_tag}")
+  try:
+    dataset = train.load_dataset(make_config(args, names[0]))
+  except data_lib.DataNotFoundError as error:
+    print(error, file=sys.stderr)
+    return 2
+  results = {name: train.pretrain(make_config(args, name), workdir / name, dataset)
+             for name in names}
+  command = "python -m examples.barlow_twins.main " + shlex.join(argv)
+  device = f"{jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}"
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "results.json").write_text(json.dumps(
+      {"command": command, "device": device, "date": datetime.date.today().isoformat(),
+       "train_images": len(dataset.train.labels), "test_images": len(dataset.test.labels),
+       "source": dataset.source, "results": results}, indent=2) + "\n")
+  plot(results, workdir / "loss.png")
+  print(results_table(results))
+  print(f"\n{command}\n{device}, {datetime.date.today()}, {len(dataset.train.labels)} training "
+        f"images of {dataset.source}; loss curves in {workdir / 'loss.png'}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

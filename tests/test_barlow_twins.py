@@ -1,0 +1,312 @@
+"""Tests of the Barlow Twins example: the loss, LARS's parameter groups, augmentation, training.
+
+Training tests use a tiny backbone (`BACKBONES["tiny"]`, only during these tests) on synthetic
+data; the end-to-end run is shared through a module fixture (each compile costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from examples.barlow_twins import augment, lars, main, models, train
+from examples.cifar10 import train as cifar_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TinyBackbone(nn.Module):
+  """Two stride-2 convolutions with batch norm and global pooling: 16 features."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for features in (8, 16):
+      x = nn.Conv(features, (3, 3), strides=2)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    return jnp.mean(x, axis=(1, 2))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_backbone():
+  """BACKBONES["tiny"] while this module's tests run."""
+  models.BACKBONES["tiny"] = TinyBackbone
+  yield
+  del models.BACKBONES["tiny"]
+
+
+TINY = train.Config(
+    backbone="tiny", projector=(32, 32), epochs=2, warmup_epochs=1, batch_size=32,
+    eval_batch_size=64, synthetic=True, train_size=128, test_size=64, knn_k=10, probe_steps=50)
+
+
+# --- loss ----------------------------------------------------------------------------------------
+
+
+def hand_loss(z1: np.ndarray, z2: np.ndarray, lambd: float) -> float:
+  """The Barlow Twins loss written out element by element, in float64."""
+  n, d = z1.shape
+
+  def bn(z):
+    mean = z.sum(0) / n
+    var = ((z - mean) ** 2).sum(0) / n
+    return (z - mean) / np.sqrt(var + 1e-5)
+
+  a, b = bn(z1.astype(np.float64)), bn(z2.astype(np.float64))
+  loss = 0.0
+  for i in range(d):
+    for j in range(d):
+      c_ij = sum(a[k, i] * b[k, j] for k in range(n)) / n
+      loss += (1 - c_ij) ** 2 if i == j else lambd * c_ij**2
+  return loss
+
+
+def test_loss_matches_hand_computation_and_ignores_view_order():
+  rng = np.random.default_rng(0)
+  z1 = rng.normal(size=(6, 4)).astype(np.float32)
+  z2 = (z1 + 0.5 * rng.normal(size=(6, 4))).astype(np.float32)
+  for lambd in (models.LAMBDA, 0.5):
+    expected = hand_loss(z1, z2, lambd)
+    assert float(models.barlow_twins_loss(z1, z2, lambd)) == pytest.approx(expected, rel=1e-5)
+    assert float(models.barlow_twins_loss(z2, z1, lambd)) == pytest.approx(expected, rel=1e-5)
+  # A small case by hand: z1 = z2 with standardised, uncorrelated columns gives C = I (loss 0);
+  # negating a column of z2 makes C_11 = -1: (1 - (-1))^2 = 4.
+  z = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], np.float32)
+  assert float(models.barlow_twins_loss(z, z)) == pytest.approx(0.0, abs=1e-4)
+  flipped = z * np.array([-1.0, 1.0], np.float32)
+  assert float(models.barlow_twins_loss(z, flipped)) == pytest.approx(4.0, rel=1e-4)
+
+
+def test_cross_correlation_is_normalised_by_the_batch():
+  z = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
+  c = np.asarray(models.cross_correlation(z, z))
+  np.testing.assert_allclose(np.diag(c), 1.0, atol=1e-4)
+  np.testing.assert_allclose(c, np.corrcoef(z.T), atol=1e-4)
+
+
+# --- LARS ----------------------------------------------------------------------------------------
+
+
+def tiny_tree(seed: int) -> dict:
+  keys = jax.random.split(jax.random.key(seed), 5)
+  return {
+      "Conv_0": {"kernel": jax.random.normal(keys[0], (3, 3, 2, 4)),
+                 "bias": jax.random.normal(keys[1], (4,))},
+      "Dense_0": {"kernel": jax.random.normal(keys[2], (4, 3))},
+      "BatchNorm_0": {"scale": jax.random.normal(keys[3], (3,)),
+                      "bias": jax.random.normal(keys[4], (3,))},
+  }
+
+
+def authors_lars(params, grads_per_step, rates, *, wd, momentum, eta, orthogonal=False):
+  """The authors' PyTorch LARS step by step in numpy: (weights_lr, biases_lr) per step in `rates`;
+  the parameters after the steps."""
+  params = jax.tree.map(lambda p: np.asarray(p, np.float64), params)
+  buffers = jax.tree.map(np.zeros_like, params)
+  for grads, (lr_w, lr_b) in zip(grads_per_step, rates, strict=True):
+    def leaf(p, g, mu, lr_w=lr_w, lr_b=lr_b):
+      g = np.asarray(g, np.float64)
+      if p.ndim == 1:
+        mu[...] = momentum * mu + g
+        return p - lr_b * mu
+      if orthogonal and p.ndim == 4:
+        u, _, vt = np.linalg.svd(g.reshape(-1, g.shape[-1]), full_matrices=False)
+        g = (u @ vt).reshape(g.shape)
+      g = g + wd * p
+      q = eta * np.linalg.norm(p) / np.linalg.norm(g)
+      mu[...] = momentum * mu + q * g
+      return p - lr_w * mu
+    params = jax.tree.map(leaf, params, grads, buffers)
+  return params
+
+
+def run_optimizer(tx, params, grads_per_step):
+  state = tx.init(params)
+  for grads in grads_per_step:
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def test_parameter_groups_by_dimension():
+  groups = lars.parameter_groups(tiny_tree(0))
+  assert groups == {"Conv_0": {"kernel": "weights", "bias": "biases"},
+                    "Dense_0": {"kernel": "weights"},
+                    "BatchNorm_0": {"scale": "biases", "bias": "biases"}}
+
+
+@pytest.mark.parametrize("orthogonal", [False, True])
+def test_lars_matches_the_authors_per_group(orthogonal):
+  """Weights: decay, trust ratio, momentum, then lr_w; biases and batch norm: momentum, lr_b only;
+  Orthogonal LARS also orthogonalises the conv kernel's gradient (not the dense kernel's). The
+  rates change between steps, which is where the order of momentum and learning rate shows."""
+  params, grads = tiny_tree(0), [tiny_tree(1), tiny_tree(2), tiny_tree(3)]
+  lr_w, lr_b = [0.3, 0.2, 0.1], [0.03, 0.02, 0.01]
+  options = {"weight_decay": 0.1, "momentum": 0.9, "trust_coefficient": 0.01}
+  make = lars.orthogonal_lars if orthogonal else lars.lars
+  tx = make(lambda step: jnp.array(lr_w)[step], lambda step: jnp.array(lr_b)[step], **options)
+  got = run_optimizer(tx, params, grads)
+  expected = authors_lars(params, grads, list(zip(lr_w, lr_b, strict=True)), wd=0.1,
+                          momentum=0.9, eta=0.01, orthogonal=orthogonal)
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6), got, expected)
+
+
+def test_optax_lars_differs_when_the_rate_changes():
+  """optax.lars scales by the learning rate before momentum: equal at a constant rate, not
+  under a schedule (and it decays and adapts the 1-D leaves too, so they are masked out here)."""
+  params, grads = tiny_tree(0), [tiny_tree(1), tiny_tree(2)]
+  mask = jax.tree.map(lambda p: p.ndim > 1, params)
+
+  def both(lr):
+    ours = run_optimizer(lars.lars(lr, lr, weight_decay=0.1), params, grads)
+    theirs = run_optimizer(optax.lars(lr, weight_decay=0.1, weight_decay_mask=mask,
+                                      trust_coefficient=1e-3, trust_ratio_mask=mask),
+                           params, grads)
+    return ours, theirs
+
+  ours, theirs = both(0.1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), ours, theirs)
+  ours, theirs = both(lambda step: jnp.where(step == 0, 0.1, 1.0))
+  assert not np.allclose(ours["Dense_0"]["kernel"], theirs["Dense_0"]["kernel"], rtol=1e-3)
+
+
+def test_schedule_warms_up_then_decays_to_a_thousandth():
+  schedule = lars.warmup_cosine(2.0, total_steps=110, warmup_steps=10)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(5)) == pytest.approx(1.0)
+  assert float(schedule(10)) == pytest.approx(2.0)
+  assert float(schedule(60)) == pytest.approx(1.001)
+  assert float(schedule(110)) == pytest.approx(0.002)
+
+
+def test_make_optimizer_scales_rates_by_batch():
+  params, grads = tiny_tree(0), tiny_tree(1)
+  tx = lars.make_optimizer("lars", batch_size=512, total_steps=100, warmup_steps=0,
+                           weight_decay=0.0, trust_coefficient=1.0)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # At step 0 with no warmup: biases move by 0.0048 * 512 / 256 * g.
+  np.testing.assert_allclose(updates["Conv_0"]["bias"], -0.0096 * grads["Conv_0"]["bias"],
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="orthogonal-lars"):
+    lars.make_optimizer("sgd", batch_size=256, total_steps=1, warmup_steps=0)
+
+
+# --- augmentation --------------------------------------------------------------------------------
+
+
+def test_views_are_normalised_random_and_keep_constant_images_constant():
+  images = jax.random.randint(jax.random.key(0), (16, 32, 32, 3), 0, 256).astype(jnp.uint8)
+  views = jax.jit(augment.two_views)(images, jax.random.key(1), (0.5,) * 3, (0.25,) * 3)
+  for v in views:
+    assert v.shape == (16, 32, 32, 3) and v.dtype == jnp.float32
+    assert float(v.min()) >= -2.0 - 1e-5 and float(v.max()) <= 2.0 + 1e-5
+  assert not np.allclose(views[0], views[1])
+  again = jax.jit(augment.two_views)(images, jax.random.key(1), (0.5,) * 3, (0.25,) * 3)
+  np.testing.assert_array_equal(views[0], again[0])
+  gray = jnp.full((4, 32, 32, 3), 0.3)
+  np.testing.assert_allclose(augment.random_resized_crop(gray, jax.random.key(2), 32), 0.3,
+                             atol=1e-6)
+  out = augment.grayscale(jax.random.uniform(jax.random.key(3), (2, 4, 4, 3)))
+  np.testing.assert_allclose(out[..., 0], out[..., 2])
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+  """main() on the tiny backbone: LARS and Orthogonal LARS, 2 epochs of 4 steps each."""
+  workdir = tmp_path_factory.mktemp("bt")
+  argv = ["--backbone", "tiny", "--projector", "32-32", "--epochs", "2", "--warmup-epochs", "1",
+          "--batch-size", "32", "--eval-batch-size", "64", "--synthetic", "--train-size", "128",
+          "--test-size", "64", "--knn-k", "10", "--knn-every", "1", "--probe-steps", "50",
+          "--workdir", str(workdir)]
+  assert main.main(argv) == 0
+  return workdir
+
+
+def test_pretraining_end_to_end(compared):
+  results = json.loads((compared / "results.json").read_text())
+  assert results["command"].startswith("python -m examples.barlow_twins.main --backbone tiny")
+  for name in ("lars", "orthogonal-lars"):
+    records = results["results"][name]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and r["train_loss"] > 0 for r in records)
+    assert all(0 <= r["knn_accuracy"] <= 1 for r in records)
+    assert 0 <= records[-1]["probe_test_accuracy"] <= 1
+    assert "probe_test_accuracy" not in records[0]
+    assert (compared / name / "metrics.jsonl").is_file()
+  assert (compared / "loss.png").stat().st_size > 1000
+  # Same seed, data and augmentations: the first epochs differ only by the optimiser.
+  losses = [results["results"][n][1]["train_loss"] for n in ("lars", "orthogonal-lars")]
+  assert losses[0] != losses[1]
+
+
+def test_resume_refuses_other_settings(compared):
+  config = train.Config(**{**TINY.__dict__, "optimizer": "lars", "lambd": 0.1})
+  with pytest.raises(ValueError, match="lambd"):
+    train.pretrain(config, compared / "lars")
+
+
+def test_linear_probe_and_knn_separate_separable_features():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(10, 16)) * 5
+  labels = rng.integers(0, 10, 400)
+  features = (centres[labels] + rng.normal(size=(400, 16))).astype(np.float32)
+  probe = train.linear_probe(features[:300], labels[:300], features[300:], labels[300:], steps=200)
+  assert probe["probe_test_accuracy"] > 0.95
+  assert train.knn_accuracy(features[:300], labels[:300], features[300:], labels[300:],
+                            k=20) > 0.95
+
+
+STEP = """
+import json, sys
+import jax, numpy as np
+from tests import test_barlow_twins as t
+t.models.BACKBONES["tiny"] = t.TinyBackbone
+print(json.dumps({"devices": jax.device_count(), **t.one_step()}))
+"""
+
+
+def one_step() -> dict:
+  """One Orthogonal LARS step of the tiny model on a fixed synthetic batch of 64: the loss and
+  the updated projector kernel and batch-norm statistics."""
+  config = train.Config(**{**TINY.__dict__, "optimizer": "orthogonal-lars", "batch_size": 64,
+                           "warmup_epochs": 0})
+  dataset = train.load_dataset(config)
+  mesh = cifar_train.make_mesh()
+  model = models.make_model(config.backbone, config.projector)
+  state = cifar_train.create_train_state(config, model, 2, mesh, tx=train.make_tx(config, 2))
+  step, _ = cifar_train.compile_train_step(
+      state, dataset, 64, mesh, step=lambda *a, **k: train.train_step(*a, **k, lambd=0.0051))
+  batch = cifar_train.split_batches(dataset.train, [np.arange(64)],
+                                    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+                                        "data")))
+  state, metrics = step(state, *next(batch))
+  kernel = state.params["projector"]["Dense_0"]["kernel"]
+  mean = state.batch_stats["backbone"]["BatchNorm_0"]["mean"]
+  return {"loss": float(metrics["loss"]), "kernel": np.asarray(kernel).tolist(),
+          "mean": np.asarray(mean).tolist()}
+
+
+def test_eight_devices_match_one():
+  """The batch sharded over 8 devices: batch norm, standardisation and C are global."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  result = subprocess.run([sys.executable, "-c", STEP], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  multi, single = json.loads(result.stdout.strip().splitlines()[-1]), one_step()
+  assert multi["devices"] == 8 and jax.device_count() == 1
+  assert multi["loss"] == pytest.approx(single["loss"], rel=1e-4)
+  np.testing.assert_allclose(multi["kernel"], single["kernel"], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(multi["mean"], single["mean"], rtol=1e-4, atol=1e-6)
