@@ -405,9 +405,10 @@ def resume(config: Config, workdir: Path, manager, state: TrainState):
   if manager is not None and manager.latest_step() is not None:
     check_resumable(config, workdir)
     state, epoch = restore_checkpoint(manager, state)
-  (workdir / "config.json").write_text(json.dumps(config_dict(config), indent=2) + "\n")
   records = [r for r in read_metrics(workdir) if r["epoch"] <= epoch]
-  write_metrics(workdir, records)
+  if jax.process_index() == 0:  # one writer when several hosts share the workdir
+    (workdir / "config.json").write_text(json.dumps(config_dict(config), indent=2) + "\n")
+    write_metrics(workdir, records)
   return state, epoch, records
 
 
@@ -504,9 +505,10 @@ def fit(
     record["epoch_s"] = time.perf_counter() - start
     record["compile_s"] = compile_s if epoch == start_epoch + 1 else None
     records.append(record)
-    with (workdir / "metrics.jsonl").open("a") as f:
-      f.write(json.dumps(record) + "\n")
-    tqdm.write(summary(config, record), file=sys.stderr)
+    if jax.process_index() == 0:
+      with (workdir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+      tqdm.write(summary(config, record), file=sys.stderr)
   if manager is not None:
     manager.close()  # waits for the last asynchronous save
   return records

@@ -1,0 +1,90 @@
+"""Tests of the ImageNet example: end to end on synthetic data with a tiny CNN, the ResNet-34 it
+trains for real, the data helpers, and the message when tensorflow-datasets is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from examples.cifar10 import train as cifar_train
+from examples.cifar10.models import MODELS, count_parameters
+from examples.imagenet import data as data_lib
+from examples.imagenet import main, train
+
+
+class TinyCNN(nn.Module):
+  """Two stride-2 convolutions with batch norm, global pooling, a linear classifier."""
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for features in (8, 16):
+      x = nn.Conv(features, (3, 3), strides=2)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model():
+  MODELS["tiny"] = TinyCNN
+  yield
+  del MODELS["tiny"]
+
+
+def test_main_end_to_end_on_synthetic_data(tmp_path, monkeypatch, capsys):
+  """Both optimisers, 2 epochs of 4 steps, 40 validation images (the last batch padded), the
+  multi-host flag (jax.distributed.initialize is replaced: one process here)."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(1))
+  argv = ["--model", "tiny", "--num-classes", "5", "--image-size", "32", "--batch-size", "16",
+          "--eval-batch-size", "16", "--epochs", "2", "--synthetic", "--train-size", "64",
+          "--test-size", "40", "--multihost", "--workdir", str(tmp_path)]
+  assert main.main(argv) == 0
+  assert calls == [1]
+  out = capsys.readouterr().out
+  assert "| sgdm | 2 |" in out and "| orthogonal-sgdm | 2 |" in out
+  for name in ("sgdm", "orthogonal-sgdm"):
+    records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+      assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
+      assert 0 <= r["val_accuracy"] <= 1 and r["learning_rate"] == 1e-2
+    saved = json.loads((tmp_path / name / "config.json").read_text())
+    assert saved["image_size"] == 32 and saved["optimizer"] == name
+    assert (tmp_path / name / "checkpoints").is_dir()
+
+
+def test_the_real_run_is_resnet34_with_the_paper_protocol():
+  config = train.Config()
+  assert (config.model, config.batch_size, config.learning_rate, config.momentum,
+          config.weight_decay, config.epochs, config.schedule) == (
+              "resnet34", 1024, 1e-2, 0.9, 5e-4, 100, "constant")
+  model = cifar_train.make_model(config.model, config.num_classes)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  assert count_parameters(shapes["params"]) == 21_797_672  # torchvision's resnet34
+
+
+def test_synthetic_evaluation_pads_with_weight_zero():
+  source = data_lib.synthetic(16, 5, 8, train_size=24, eval_size=20)
+  batches = list(source.eval_batches())
+  assert [b[0].shape for b in batches] == [(8, 16, 16, 3)] * 3
+  assert sum(b[2].sum() for b in batches) == 20 and batches[-1][2].tolist() == [1] * 4 + [0] * 4
+  train_batches = list(source.train_batches(1))
+  assert len(train_batches) == 3 and train_batches[0][0].dtype == np.uint8
+  again = list(source.train_batches(1))
+  np.testing.assert_array_equal(train_batches[0][1], again[0][1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is not None,
+                    reason="tensorflow-datasets is installed")
+def test_missing_tensorflow_datasets_says_what_to_install():
+  with pytest.raises(ImportError, match="tfds build imagenet2012 --manual_dir"):
+    train.load_source(train.Config())
