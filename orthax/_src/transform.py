@@ -14,6 +14,7 @@ import optax
 
 from orthax._src import components as components_lib
 from orthax._src import polar
+from orthax._src import sharding as sharding_lib
 
 Array = jax.Array
 MatrixFn = Callable[[Array], Array]  # (B, P, N) -> (B, P, N)
@@ -42,12 +43,16 @@ def _component_transform(
     layout: Any,
     compute_dtype: Any,
     step_scale: Callable[[int, int], float] | None = None,
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
 ) -> optax.GradientTransformation:
   """Applies `matrix_fn` to the (B, P, N) component matrices of the leaves that `mask` selects.
 
   Leaves whose matrices share (P, N) and compute dtype are stacked and transformed in one call,
-  so a model with many layers of a few shapes compiles to a few batched decompositions.
+  so a model with many layers of a few shapes compiles to a few batched decompositions. With a
+  `mesh`, each stack is split over its devices. Every update has its gradient's sharding.
   """
+  if mesh is not None:
+    matrix_fn = sharding_lib.split_over_devices(matrix_fn, mesh)
 
   def plan(tree: Any) -> list[components_lib.MatrixView | None]:
     """Per leaf: its matrix view, or None when the leaf passes through unchanged."""
@@ -88,13 +93,13 @@ def _component_transform(
         groups.setdefault((view.shape[1:], dtype), []).append(i)
     out = list(leaves)
     for ((p, n), dtype), members in groups.items():
-      stacks = [views[i].matrices(leaves[i]).astype(dtype) for i in members]
+      stacks = [views[i].matrices(sharding_lib.gather(leaves[i])).astype(dtype) for i in members]
       result = matrix_fn(stacks[0] if len(stacks) == 1 else jnp.concatenate(stacks))
       if step_scale is not None:
         result = result * step_scale(p, n)
       splits = np.cumsum([s.shape[0] for s in stacks])[:-1]
       for i, part in zip(members, jnp.split(result, splits), strict=True):
-        out[i] = views[i].restore(part).astype(leaves[i].dtype)
+        out[i] = sharding_lib.like(views[i].restore(part).astype(leaves[i].dtype), leaves[i])
     return jax.tree_util.tree_unflatten(treedef, out), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -175,6 +180,7 @@ def orthogonalise_components(
     steps: int | None = None,
     step_scale: str | None = None,
     compute_dtype: Any = jnp.float32,
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
 ) -> optax.GradientTransformation:
   """Replaces each selected layer's gradient G (P x N, one column per component) by U V^T.
 
@@ -204,6 +210,12 @@ def orthogonalise_components(
       fan-out/fan-in rule) or `'rms'` (times 0.2 * sqrt(max(P, N)), matching AdamW's update RMS).
     compute_dtype: dtype of the decomposition (at least this precise: float64 leaves stay
       float64); updates come back in each leaf's own dtype.
+    mesh: a `jax.sharding.Mesh` to split the work over. Default None: under `jax.jit` on a mesh
+      every device decomposes every matrix (each needs whole matrices: sharded gradients are
+      gathered first). With a mesh, each shape group's matrices are divided among all of the
+      mesh's devices, each device decomposes its share, and the results are gathered back: the
+      same values for about 1 / devices of the decomposition work per device. Either way each
+      update has its gradient's sharding, on meshes of automatic and of explicit axes.
 
   Returns:
     A stateless `optax.GradientTransformation`.
@@ -224,8 +236,13 @@ def orthogonalise_components(
   matrix_fn = _method_fn(method, rtol, steps)
   scale = _step_scale_fn(step_scale)
   _check_compute_dtype(compute_dtype)
+  if mesh is not None and not isinstance(
+      mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
+    raise ValueError(
+        f"mesh must be a jax.sharding.Mesh (e.g. from jax.make_mesh) or None, got {mesh!r}.")
   return _component_transform(
-      matrix_fn, mask=mask, layout=layout, compute_dtype=compute_dtype, step_scale=scale)
+      matrix_fn, mask=mask, layout=layout, compute_dtype=compute_dtype, step_scale=scale,
+      mesh=mesh)
 
 
 def orthogonalise(method: str = "auto", *, mask: Any = None) -> optax.GradientTransformation:

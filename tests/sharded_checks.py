@@ -1,0 +1,160 @@
+"""Sharded and distributed orthogonalisation on 8 simulated CPU devices.
+
+Run by tests/test_sharding.py in a subprocess started with
+`XLA_FLAGS=--xla_force_host_platform_device_count=8` (the device count is fixed when jax first
+starts, so these cannot run in the main test process); its name keeps the main run from
+collecting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import orthax
+from orthax._src import sharding as sharding_lib
+from tests import helpers
+
+METHODS = ["auto", "svd", "eigh", "newton_schulz", "polar_express"]
+AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eight_devices():
+  if jax.device_count() != 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+
+def gradients() -> dict[str, np.ndarray]:
+  """Leaves of several shape groups: two dense kernels of one shape (one FSDP-sharded, one
+  replicated), a conv kernel sharded on two axes, a stack of 11 matrices (not divisible by 8),
+  a lone matrix, a bias."""
+  rng = np.random.default_rng(0)
+  shapes = {"conv": (3, 3, 8, 16), "dense": (64, 32), "dense2": (64, 32), "stack": (11, 24, 16),
+            "lone": (5, 7, 3), "bias": (32,)}
+  return {k: helpers.random_matrix(rng, s) for k, s in shapes.items()}
+
+
+SPECS = {  # FSDP-style: kernels sharded along one axis (or two); the rest replicated.
+    "conv": P(None, None, "data", "model"), "dense": P("data", None), "dense2": P(),
+    "stack": P(None, "model", None), "lone": P(), "bias": P("data"),
+}
+LAYOUT = {"conv": None, "dense": None, "dense2": None, "stack": orthax.Layout(batch=0),
+          "lone": None, "bias": None}
+
+
+def make_mesh(axis_type: str) -> jax.sharding.Mesh:
+  kind = AXIS_TYPES[axis_type]
+  return jax.make_mesh((4, 2), ("data", "model"), axis_types=(kind, kind))
+
+
+def place(tree, mesh, specs=SPECS):
+  return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
+
+
+@functools.cache
+def single_device(method: str):
+  tx = orthax.orthogonalise_components(method, layout=LAYOUT)
+  with jax.default_device(jax.devices()[0]):
+    return tx.update(jax.tree.map(jnp.asarray, gradients()), optax.EmptyState())[0]
+
+
+def assert_same_shardings(actual, expected):
+  for key in expected:
+    a, e = actual[key].sharding, expected[key].sharding
+    assert a.is_equivalent_to(e, expected[key].ndim), (key, a, e)
+
+
+@pytest.mark.parametrize("distributed", [False, True], ids=["plain", "distributed"])
+@pytest.mark.parametrize("axis_type", list(AXIS_TYPES))
+@pytest.mark.parametrize("method", METHODS)
+def test_jit_keeps_shardings_and_values(method, axis_type, distributed):
+  mesh = make_mesh(axis_type)
+  grads = place(gradients(), mesh)
+  tx = orthax.orthogonalise_components(
+      method, layout=LAYOUT, mesh=mesh if distributed else None)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(grads))
+  assert_same_shardings(updates, grads)
+  helpers.assert_trees_allclose(updates, single_device(method), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("axis_type", list(AXIS_TYPES))
+def test_outside_jit_and_under_set_mesh(axis_type):
+  mesh = make_mesh(axis_type)
+  grads = place(gradients(), mesh)
+  expected = single_device("svd")
+  for distributed in (None, mesh):
+    tx = orthax.orthogonalise_components("svd", layout=LAYOUT, mesh=distributed)
+    for context, fn in [(contextlib.nullcontext(), tx.update),
+                        (jax.set_mesh(mesh), jax.jit(tx.update))]:
+      with context:
+        updates, _ = fn(grads, optax.EmptyState())
+      assert_same_shardings(updates, grads)
+      helpers.assert_trees_allclose(updates, expected, rtol=0, atol=2e-5)
+
+
+def test_distributed_svd_equals_plain_bit_for_bit_on_cpu():
+  # The same LAPACK call decomposes each matrix, only on another device. (Matrix-product methods
+  # agree to round-off: XLA may partition their products differently.)
+  mesh = make_mesh("auto")
+  grads = place(gradients(), mesh)
+  plain = orthax.orthogonalise_components("svd", layout=LAYOUT)
+  split = orthax.orthogonalise_components("svd", layout=LAYOUT, mesh=mesh)
+  helpers.assert_trees_equal(jax.jit(split.update)(grads, optax.EmptyState())[0],
+                             jax.jit(plain.update)(grads, optax.EmptyState())[0])
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 17])
+def test_each_device_decomposes_its_share(count):
+  mesh = make_mesh("auto")
+  seen = []
+
+  def matrix_fn(x):
+    seen.append(x.shape)
+    return orthax.polar.svd(x)
+
+  x = jnp.asarray(helpers.random_matrix(np.random.default_rng(count), (count, 12, 5)))
+  out = jax.jit(sharding_lib.split_over_devices(matrix_fn, mesh))(x)
+  assert seen == [(-(-count // 8), 12, 5)]  # ceil(count / 8) matrices per device
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(orthax.polar.svd(x)))
+
+
+@pytest.mark.parametrize("axis_type", list(AXIS_TYPES))
+def test_training_keeps_parameter_and_state_shardings(axis_type):
+  """A jitted SGDM step after the orthogonalisation, as in an FSDP training loop."""
+  mesh = make_mesh(axis_type)
+  params = place(gradients(), mesh)
+  tx = optax.chain(orthax.orthogonalise_components(layout=LAYOUT, mesh=mesh),
+                   optax.sgd(1e-2, momentum=0.9))
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(lambda p: sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(p)))(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(3):
+    params, state = step(params, state)
+  assert_same_shardings(params, place(gradients(), mesh))
+  assert_same_shardings(state[1][0].trace, params)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_a_naive_batched_matmul_is_rejected_under_explicit_axes():
+  """Why orthax gathers first: a reshape of a sharded axis has no defined sharding."""
+  mesh = make_mesh("explicit")
+  conv = place({"conv": gradients()["conv"]}, mesh, {"conv": SPECS["conv"]})["conv"]
+  with pytest.raises(Exception, match="reshape"):
+    jax.jit(lambda g: g.reshape(-1, g.shape[-1]))(conv)
+  tx = orthax.orthogonalise_components()
+  update = jax.jit(tx.update)({"conv": conv}, optax.EmptyState())[0]["conv"]
+  assert update.sharding.is_equivalent_to(conv.sharding, conv.ndim)
