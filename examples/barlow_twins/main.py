@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from examples.barlow_twins import lars, models, train
 from examples.cifar10 import data as data_lib
@@ -35,7 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
   add("--backbone", default=defaults.backbone, choices=sorted(models.BACKBONES))
   add("--projector", default="-".join(map(str, defaults.projector)),
       help="projector sizes, e.g. 2048-2048-2048 (the authors': 8192-8192-8192)")
-  for name in ("epochs", "warmup_epochs", "batch_size", "eval_batch_size", "seed", "knn_every",
+  add("--warmup-epochs", type=float, default=defaults.warmup_epochs)
+  for name in ("epochs", "batch_size", "eval_batch_size", "seed", "knn_every",
                "knn_k", "probe_steps"):
     add("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
   for name in ("weights_learning_rate", "biases_learning_rate", "weight_decay", "momentum",
@@ -66,9 +68,11 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
   fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
   for name, records in results.items():
-    ax.plot([r["epoch"] for r in records], [r["train_loss"] for r in records],
+    losses = [loss for r in records for loss in r["train_loss_steps"]]
+    epochs = (np.arange(len(losses)) + 1) / len(records[0]["train_loss_steps"])
+    ax.plot(epochs, losses, linewidth=1,
             label=name.replace("lars", "LARS").replace("orthogonal-", "Orthogonal "))
-  ax.set(xlabel="epoch", ylabel="Barlow Twins loss (train, epoch mean)", yscale="log")
+  ax.set(xlabel="epoch", ylabel="Barlow Twins loss (train batch)", yscale="log")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path)

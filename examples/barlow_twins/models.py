@@ -30,6 +30,7 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "resnet18": functools.partial(cifar_models.ResNet18, num_classes=None, cifar_stem=True),
     "resnet18_imagenet_stem": functools.partial(cifar_models.ResNet18, num_classes=None),
     "resnet50": functools.partial(cifar_models.ResNet50, num_classes=None),
+    "resnet20": functools.partial(cifar_models.ResNet20, num_classes=None),  # 64 features
 }
 
 

@@ -43,7 +43,7 @@ class Config:
   optimizer: str = "lars"  # or "orthogonal-lars"
   projector: tuple[int, ...] = (2048, 2048, 2048)
   epochs: int = 100
-  warmup_epochs: int = 10
+  warmup_epochs: float = 10
   batch_size: int = 256
   eval_batch_size: int = 512
   weights_learning_rate: float = 0.2  # times batch_size / 256
@@ -75,7 +75,7 @@ def load_dataset(config: Config) -> data_lib.Dataset:
 def make_tx(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
   return lars.make_optimizer(
       config.optimizer, batch_size=config.batch_size, total_steps=config.epochs * steps_per_epoch,
-      warmup_steps=config.warmup_epochs * steps_per_epoch,
+      warmup_steps=round(config.warmup_epochs * steps_per_epoch),
       weights_learning_rate=config.weights_learning_rate,
       biases_learning_rate=config.biases_learning_rate, method=config.method,
       weight_decay=config.weight_decay, momentum=config.momentum,
@@ -211,9 +211,9 @@ def pretrain(config: Config, workdir: str | Path,
   """Pretrains `config.epochs` epochs (resuming from `workdir`), evaluating as configured.
 
   Returns one record per epoch (see `examples.cifar10.train.fit`): train_loss (the Barlow Twins
-  loss), learning_rate (the weights' group, scheduled), step_ms, epoch_s, compile_s, and
-  knn_accuracy on k-NN epochs; the last epoch also has probe_train_accuracy and
-  probe_test_accuracy.
+  loss, mean over the epoch), train_loss_steps (each step's), learning_rate (the weights' group,
+  scheduled), step_ms, epoch_s, compile_s, and knn_accuracy on k-NN epochs; the last epoch also
+  has probe_train_accuracy and probe_test_accuracy.
   """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -239,9 +239,9 @@ def pretrain(config: Config, workdir: str | Path,
 
   step = functools.partial(train_step, lambd=config.lambd)
   schedule = lars.warmup_cosine(config.weights_learning_rate * config.batch_size / 256,
-                                config.epochs * steps, config.warmup_epochs * steps)
+                                config.epochs * steps, round(config.warmup_epochs * steps))
   return cifar_train.fit(
       config, workdir, state, steps=steps, epoch_batches=epoch_batches,
       compile_step=lambda state: cifar_train.compile_train_step(
           state, dataset, config.batch_size, mesh, step=step),
-      evaluate=evaluate_epoch, schedule=schedule, summary=summary_line)
+      evaluate=evaluate_epoch, schedule=schedule, summary=summary_line, per_step=True)

@@ -93,7 +93,7 @@ class CifarResNet(nn.Module):
   """
 
   depth: int
-  num_classes: int = 10
+  num_classes: int | None = 10  # None: no classifier; the pooled features are the output
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -108,6 +108,8 @@ class CifarResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = CifarBlock(features, strides, norm)(x)
     x = jnp.mean(x, axis=(1, 2))
+    if self.num_classes is None:
+      return x
     return nn.Dense(self.num_classes, kernel_init=kaiming_fan_in)(x)
 
 

@@ -208,9 +208,12 @@ def split_batches(split, order, sharding):
     yield jax.device_put((split.images[indices], split.labels[indices]), sharding)
 
 
-def train_epoch(state, step_fn, batches, steps: int, desc: str) -> tuple[TrainState, dict]:
+def train_epoch(
+    state, step_fn, batches, steps: int, desc: str, *, per_step: bool = False
+) -> tuple[TrainState, dict]:
   """Runs `step_fn` over `steps` placed batches; the mean of each metric as `train_<name>` (loss,
-  accuracy, ...), and the mean step time.
+  accuracy, ...), and the mean step time; with `per_step`, also each step's values as
+  `train_<name>_steps`.
 
   One step stays in flight: step i's metrics are read after step i + 1 is dispatched, so the host
   gathers the next batch while the device computes, and the progress bar stays honest.
@@ -233,8 +236,10 @@ def train_epoch(state, step_fn, batches, steps: int, desc: str) -> tuple[TrainSt
   jax.block_until_ready(state)
   seconds = time.perf_counter() - start
   bar.close()
-  means = {f"train_{k}": float(np.mean([m[k] for m in history])) for k in history[0]}
-  return state, {**means, "step_ms": 1e3 * seconds / len(history)}
+  record = {f"train_{k}": float(np.mean([m[k] for m in history])) for k in history[0]}
+  if per_step:
+    record.update({f"train_{k}_steps": [float(m[k]) for m in history] for k in history[0]})
+  return state, {**record, "step_ms": 1e3 * seconds / len(history)}
 
 
 def padded_batches(split, batch_size: int, sharding):
@@ -472,6 +477,7 @@ def fit(
     config, workdir: Path, state: TrainState, *, steps: int,
     epoch_batches: Callable[[int], Iterable], compile_step: Callable, evaluate: Callable,
     schedule: optax.ScalarOrSchedule, summary: Callable[[Any, dict], str],
+    per_step: bool = False,
 ) -> list[dict]:
   """The epoch loop the examples share: resume, train, evaluate, checkpoint, log each epoch.
 
@@ -486,6 +492,7 @@ def fit(
     evaluate: state -> a dict of evaluation metrics for the epoch's record.
     schedule: the learning rate (logged at the start of each epoch).
     summary: (config, record) -> the line printed after each epoch.
+    per_step: also record every step's metrics (`train_loss_steps`, ...), not only their means.
   """
   manager = checkpoint_manager(workdir) if config.checkpoint else None
   state, start_epoch, records = resume(config, workdir, manager, state)
@@ -497,7 +504,8 @@ def fit(
     start = time.perf_counter()
     record = {"epoch": epoch, "learning_rate": learning_rate_at(schedule, state.step)}
     desc = f"{config.optimizer} epoch {epoch}/{config.epochs}"
-    state, train_metrics = train_epoch(state, step_fn, epoch_batches(epoch), steps, desc)
+    state, train_metrics = train_epoch(
+        state, step_fn, epoch_batches(epoch), steps, desc, per_step=per_step)
     record.update(train_metrics)
     record.update(evaluate(state))
     if manager is not None:
