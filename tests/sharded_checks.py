@@ -112,19 +112,24 @@ def test_distributed_svd_equals_plain_bit_for_bit_on_cpu():
                              jax.jit(plain.update)(grads, optax.EmptyState())[0])
 
 
-@pytest.mark.parametrize("count", [1, 7, 8, 9, 17])
-def test_each_device_decomposes_its_share(count):
+@pytest.mark.parametrize("counts", [[1], [7], [9], [17], [3, 1, 2], [1] * 11])
+def test_each_device_decomposes_only_its_share(counts):
   mesh = make_mesh("auto")
   seen = []
 
   def matrix_fn(x):
-    seen.append(x.shape)
+    seen.append(x.shape[0])  # Once per (device branch, group) that has matrices.
     return orthax.polar.svd(x)
 
-  x = jnp.asarray(helpers.random_matrix(np.random.default_rng(count), (count, 12, 5)))
-  out = jax.jit(sharding_lib.split_over_devices(matrix_fn, mesh))(x)
-  assert seen == [(-(-count // 8), 12, 5)]  # ceil(count / 8) matrices per device
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(orthax.polar.svd(x)))
+  rng = np.random.default_rng(len(counts))
+  stacks = [jnp.asarray(helpers.random_matrix(rng, (b, 12 + g, 5))) for g, b in enumerate(counts)]
+  out = jax.jit(sharding_lib.distribute(matrix_fn, mesh))(stacks)
+  assert sum(seen) == sum(counts)  # every matrix decomposed once, on one device
+  per_device = [sum(len(i) for i in row) for row in sharding_lib.assign(
+      [x.shape for x in stacks], 8)]
+  assert max(per_device) == -(-sum(counts) // 8)  # similar shapes: dealt out evenly
+  for o, x in zip(out, stacks, strict=True):
+    np.testing.assert_array_equal(np.asarray(o), np.asarray(orthax.polar.svd(x)))
 
 
 @pytest.mark.parametrize("axis_type", list(AXIS_TYPES))

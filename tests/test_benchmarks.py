@@ -1,17 +1,19 @@
-"""Each benchmark runs end to end on its smallest sizes, so none rots (no timings checked)."""
+"""Every benchmark runs end to end on its smallest sizes, so none rots (no timings checked)."""
 
-import importlib
 import sys
 
-import pytest
+from benchmarks import suite
+
+NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "distributed"]
 
 
-@pytest.mark.parametrize("name", ["matrix_methods", "tree_update", "compile_time", "train_step"])
-def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
-  module = importlib.import_module(f"benchmarks.{name}")
-  monkeypatch.setattr(sys, "argv", [name, "--smoke", "--out", str(tmp_path)])
-  module.main()
-  assert (tmp_path / f"{name}.json").exists()
-  table = (tmp_path / f"{name}.md").read_text()
-  assert table.startswith("| ") and "jax" in table
-  assert "| ---" in capsys.readouterr().out
+def test_suite_smoke(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["suite", "--smoke", "--out", str(tmp_path)])
+  suite.main()
+  out = capsys.readouterr().out
+  for name in NAMES:
+    assert (tmp_path / f"{name}.json").exists(), name
+    table = (tmp_path / f"{name}.md").read_text()
+    assert table.startswith("| ") and "| ---" in table and "jax" in table, name
+    assert f"{name}: " in out
+  assert "suite wall time" in out

@@ -3,16 +3,17 @@
 A decomposition needs whole matrices, so a sharded gradient is gathered before it is decomposed.
 These helpers make that explicit where JAX requires it (mesh axes of `AxisType.Explicit`, where
 the sharding is part of the type and an ambiguous reshape is an error), give every update the
-sharding of its gradient, and optionally split a stack of matrices over the devices so that each
-device decomposes only its share.
+sharding of its gradient, and optionally deal the matrices out to the devices so that each device
+decomposes only its share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 Array = jax.Array
@@ -60,31 +61,80 @@ def like(update: Array, gradient: Array) -> Array:
   return update + jnp.zeros((), update.dtype) * gradient
 
 
-def split_over_devices(
-    matrix_fn: Callable[[Array], Array], mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
-) -> Callable[[Array], Array]:
-  """`matrix_fn` on a (B, P, N) stack, with the B matrices split over all of `mesh`'s devices.
+def cost(p: int, n: int) -> int:
+  """Relative work of one P x N polar factor: min(P, N)^2 max(P, N), for every method."""
+  return min(p, n) ** 2 * max(p, n)
 
-  The stack is padded with zero matrices (every orthax method maps zero to zero) to a multiple
-  of the device count, each device applies `matrix_fn` to its B / D matrices, and the results
-  are reassembled. Without this, every device decomposes every matrix.
+
+def assign(counts: Sequence[tuple[int, int, int]], devices: int) -> list[list[list[int]]]:
+  """Deals whole matrices to devices so that each device's share of the work is about equal.
+
+  Args:
+    counts: per shape group, (number of matrices, P, N).
+    devices: number of devices.
+
+  Returns:
+    `table[d][g]`: the indices of group g's matrices that device d decomposes. Largest first,
+    each to the device with the least work so far (greedy longest-processing-time scheduling:
+    within 4/3 of the best possible balance). No split of one matrix is possible, so the
+    largest matrix bounds the gain.
+  """
+  table = [[[] for _ in counts] for _ in range(devices)]
+  load = [0] * devices
+  order = sorted(((cost(p, n), g, i) for g, (b, p, n) in enumerate(counts) for i in range(b)),
+                 key=lambda item: (-item[0], item[1], item[2]))
+  for work, g, i in order:
+    d = min(range(devices), key=lambda k: (load[k], k))
+    table[d][g].append(i)
+    load[d] += work
+  return table
+
+
+def distribute(
+    matrix_fn: Callable[[Array], Array], mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
+) -> Callable[[list[Array]], list[Array]]:
+  """`matrix_fn` on every (B, P, N) stack of a list, its matrices dealt out to `mesh`'s devices.
+
+  Each device decomposes only the matrices `assign` gives it (a `lax.switch` on the device
+  index inside `shard_map` picks its branch), writes them into per-group slots of equal size on
+  every device, and the slots are gathered and put back in order. Without this, every device
+  decomposes every matrix.
   """
   axes = tuple(mesh.axis_names)
   devices = mesh.size
-  spec = PartitionSpec(axes)
-  split = jax.shard_map(matrix_fn, mesh=mesh, in_specs=spec, out_specs=spec)
+  shards = PartitionSpec(axes)
   explicit = bool(mesh.explicit_axes)
 
-  def fn(x: Array) -> Array:
-    count = x.shape[0]
-    padding = -count % devices
-    if padding:
-      x = jnp.concatenate([x, jnp.zeros((padding,) + x.shape[1:], x.dtype)])
-    if explicit:
-      x = jax.sharding.reshard(x, NamedSharding(mesh, spec))
-    out = split(x)
-    if explicit:
-      out = jax.sharding.reshard(out, NamedSharding(mesh, PartitionSpec()))
-    return out[:count]
+  def fn(stacks: list[Array]) -> list[Array]:
+    if devices == 1:
+      return [matrix_fn(x) for x in stacks]
+    table = assign([x.shape for x in stacks], devices)
+    slots = [max(1, max(len(table[d][g]) for d in range(devices))) for g in range(len(stacks))]
+
+    def branch(d: int) -> Callable[[list[Array]], list[Array]]:
+      def run(xs: list[Array]) -> list[Array]:
+        out = []
+        for x, indices, size in zip(xs, table[d], slots, strict=True):
+          mine = matrix_fn(x[np.asarray(indices)]) if indices else x[:0]
+          out.append(jnp.concatenate([mine, jnp.zeros((size - len(indices),) + x.shape[1:],
+                                                      x.dtype)]))
+        return out
+      return run
+
+    def per_device(xs: list[Array]) -> list[Array]:
+      return jax.lax.switch(jax.lax.axis_index(axes), [branch(d) for d in range(devices)], xs)
+
+    parts = jax.shard_map(per_device, mesh=mesh, in_specs=PartitionSpec(),
+                          out_specs=shards)(list(stacks))
+    results = []
+    for g, part in enumerate(parts):
+      if explicit:
+        part = jax.sharding.reshard(part, NamedSharding(mesh, PartitionSpec()))
+      where = np.empty(stacks[g].shape[0], np.int32)
+      for d in range(devices):
+        for slot, i in enumerate(table[d][g]):
+          where[i] = d * slots[g] + slot
+      results.append(part[where])
+    return results
 
   return fn

@@ -49,10 +49,13 @@ def _component_transform(
 
   Leaves whose matrices share (P, N) and compute dtype are stacked and transformed in one call,
   so a model with many layers of a few shapes compiles to a few batched decompositions. With a
-  `mesh`, each stack is split over its devices. Every update has its gradient's sharding.
+  `mesh`, the matrices are dealt out to its devices. Every update has its gradient's sharding.
   """
+  def apply(stacks: list[Array]) -> list[Array]:
+    return [matrix_fn(x) for x in stacks]
+
   if mesh is not None:
-    matrix_fn = sharding_lib.split_over_devices(matrix_fn, mesh)
+    apply = sharding_lib.distribute(matrix_fn, mesh)
 
   def plan(tree: Any) -> list[components_lib.MatrixView | None]:
     """Per leaf: its matrix view, or None when the leaf passes through unchanged."""
@@ -92,13 +95,17 @@ def _component_transform(
         dtype = jnp.promote_types(leaf.dtype, compute_dtype)
         groups.setdefault((view.shape[1:], dtype), []).append(i)
     out = list(leaves)
-    for ((p, n), dtype), members in groups.items():
-      stacks = [views[i].matrices(sharding_lib.gather(leaves[i])).astype(dtype) for i in members]
-      result = matrix_fn(stacks[0] if len(stacks) == 1 else jnp.concatenate(stacks))
+    stacks = []
+    for (_, dtype), members in groups.items():
+      parts = [views[i].matrices(sharding_lib.gather(leaves[i])).astype(dtype) for i in members]
+      stacks.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
+    for key, result in zip(groups, apply(stacks), strict=True):
+      (p, n), _ = key
       if step_scale is not None:
         result = result * step_scale(p, n)
-      splits = np.cumsum([s.shape[0] for s in stacks])[:-1]
-      for i, part in zip(members, jnp.split(result, splits), strict=True):
+      members = groups[key]
+      sizes = [views[i].shape[0] for i in members]
+      for i, part in zip(members, jnp.split(result, np.cumsum(sizes)[:-1]), strict=True):
         out[i] = sharding_lib.like(views[i].restore(part).astype(leaves[i].dtype), leaves[i])
     return jax.tree_util.tree_unflatten(treedef, out), state
 
