@@ -22,7 +22,7 @@ from benchmarks import common, compile_time, distributed, matrix_methods, train_
 PARTS = [
     (matrix_methods, ["--large"]),
     (tree_update, []),
-    (train_step, ["--resnet50"]),
+    (train_step, ["--models", "basic_cnn,resnet20,resnet50"]),
     (compile_time, []),
     (distributed, []),
 ]

@@ -1,7 +1,8 @@
 """Q3: a full training step (forward, backward, update): SGDM vs Orthogonal-SGDM vs Muon.
 
-    python -m benchmarks.train_step                   # BasicCNN and ResNet-20 at batch 1024
-    python -m benchmarks.train_step --resnet50        # adds ResNet-50 at batch 256 (slow on CPU)
+    python -m benchmarks.train_step                        # BasicCNN, ResNet-20 at batch 1024
+    python -m benchmarks.train_step --models resnet50      # ResNet-50 at batch 256 (slow on CPU)
+    python -m benchmarks.train_step --contenders sgdm,orthogonal-sgdm\ auto,muon
 
 The paper's hyper-parameters (lr 1e-2, momentum 0.9, weight decay 5e-4) on random 32x32 inputs;
 every contender runs the same jitted step but for its optimiser, timed interleaved. "vs sgdm" is
@@ -29,6 +30,7 @@ CONTENDERS = {
     "muon": ("muon", "auto"),
 }
 SMOKE = ("sgdm", "orthogonal-sgdm auto", "muon")
+BATCH = {"basic_cnn": 1024, "resnet20": 1024, "resnet50": 256}  # the issue's batch sizes
 
 
 def make_step(model, tx):
@@ -56,14 +58,20 @@ def planned_memory_mib(compiled) -> tuple[float, float]:
 
 def main() -> None:
   p = common.parser(__doc__)
-  p.add_argument("--resnet50", action="store_true")
+  p.add_argument("--models", default="basic_cnn,resnet20",
+                  help=f"comma-separated, from {list(BATCH)} (default basic_cnn,resnet20)")
+  p.add_argument("--contenders", default=",".join(CONTENDERS),
+                 help="comma-separated, from the names in CONTENDERS (sgdm is always timed)")
   args = p.parse_args()
   _single_thread_cpu_lapack()
-  cases = [("basic_cnn", 1024), ("resnet20", 1024)]
-  if args.resnet50:
-    cases.append(("resnet50", 256))
+  if unknown := set(args.models.split(",")) - set(BATCH):
+    p.error(f"unknown models {sorted(unknown)}; choose from {list(BATCH)}")
+  cases = [(name, BATCH[name]) for name in args.models.split(",")]
+  chosen = ["sgdm"] + [c for c in args.contenders.split(",") if c != "sgdm"]
+  if unknown := set(chosen) - set(CONTENDERS):
+    p.error(f"unknown contenders {sorted(unknown)}; choose from {list(CONTENDERS)}")
   if args.smoke:
-    cases = [("basic_cnn", 8)]
+    cases, chosen = [("basic_cnn", 8)], list(SMOKE)
   rows = []
   for name, batch in cases:
     model = models.MODELS[name](num_classes=10)
@@ -71,7 +79,7 @@ def main() -> None:
     images = jax.random.normal(key, (batch, 32, 32, 3))
     labels = jax.random.randint(key, (batch,), 0, 10)
     variables = model.init(key, images[:2], train=False)
-    contenders = {k: CONTENDERS[k] for k in SMOKE} if args.smoke else CONTENDERS
+    contenders = {k: CONTENDERS[k] for k in chosen}
     compiled, compile_s, inputs = {}, {}, {}
     for label, (optimizer, method) in contenders.items():
       tx = optimizers.make_optimizer(optimizer, learning_rate=1e-2, momentum=0.9,
