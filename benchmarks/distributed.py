@@ -2,7 +2,8 @@
 
     python -m benchmarks.distributed            # 8 simulated CPU devices unless XLA_FLAGS says
 
-The ResNet-50 gradient tree (random gradients) laid out on a mesh of all devices in two ways:
+The ResNet-50 gradient tree and a 24-block transformer's of width 256 (random gradients; the
+transformer has 144 matrices of 2 shapes, ResNet-50 54 of 21), laid out on a mesh of all devices:
 data parallel (every leaf replicated) and FSDP-style (every kernel sharded along its last axis).
 Per method, the jitted update without a mesh (each device decomposes every matrix) and with
 `mesh=` (whole matrices dealt out to the devices, balancing their work) are timed interleaved; the
@@ -28,6 +29,10 @@ from orthax._src import components, sharding
 from orthax._src.polar import _single_thread_cpu_lapack
 
 METHODS = ["eigh", "svd", "newton_schulz"]
+TREES = {
+    "resnet50": common.resnet50_kernel_shapes,
+    "transformer256x24": lambda: common.transformer_kernel_shapes(256, 24),
+}
 
 
 def simulate_devices(count: int) -> None:
@@ -80,54 +85,63 @@ def per_device_work(method: str, groups: list, devices: int, repeats: int) -> di
   return common.time_interleaved(compiled, {k: (v,) for k, v in stacks.items()}, repeats)
 
 
+def compare(tree: dict, method: str, mesh, repeats: int) -> list[dict]:
+  """One row per layout: the update with every device decomposing everything vs `mesh=`."""
+  devices = mesh.size
+  groups = shape_groups(tree)
+  work = per_device_work(method, groups, devices, repeats)
+  contenders = {"every device": orthax.orthogonalise_components(method),
+                "mesh=": orthax.orthogonalise_components(method, mesh=mesh)}
+  rows = []
+  for layout, grads in layouts(tree, mesh).items():
+    compiled, compile_s = {}, {}
+    for label, tx in contenders.items():
+      compiled[label], compile_s[label] = common.compile_seconds(
+          lambda g, tx=tx: tx.update(g, optax.EmptyState())[0], grads)
+    times = common.time_interleaved(compiled, {k: (grads,) for k in compiled}, repeats)
+    outs = {label: fn(grads) for label, fn in compiled.items()}
+    difference = max(float(jnp.max(jnp.abs(a - b)))
+                     for a, b in zip(jax.tree.leaves(outs["mesh="]),
+                                     jax.tree.leaves(outs["every device"]), strict=True))
+    same_shardings = all(
+        o.sharding.is_equivalent_to(g.sharding, g.ndim)
+        for out in outs.values()
+        for o, g in zip(jax.tree.leaves(out), jax.tree.leaves(grads), strict=True))
+    rows.append({
+        "method": method, "layout": layout, "devices": devices,
+        "matrices per device": f"{sum(b for b, _, _ in groups)} -> "
+                               f"{sum(b for b, _, _ in busiest_share(groups, devices))}",
+        "decomposition ms / device": f"{1e3 * work['all']:.3g} -> {1e3 * work['share']:.3g}",
+        "work ratio": work["all"] / work["share"],
+        "every device ms": 1e3 * times["every device"], "mesh= ms": 1e3 * times["mesh="],
+        "speed-up": times["every device"] / times["mesh="],
+        "compile s": f"{compile_s['every device']:.1f} / {compile_s['mesh=']:.1f}",
+        "max abs diff": difference, "shardings kept": same_shardings})
+  return rows
+
+
 def main() -> None:
   p = common.parser(__doc__)
   p.add_argument("--devices", type=int, default=8, help="simulated CPU devices (default 8)")
+  p.add_argument("--trees", default=",".join(TREES), help=f"comma-separated, from {list(TREES)}")
+  p.add_argument("--methods", default=",".join(METHODS))
   args = p.parse_args()
   simulate_devices(args.devices)
   _single_thread_cpu_lapack()
-  devices = jax.device_count()
-  mesh = jax.make_mesh((devices,), ("devices",))
-  shapes = common.resnet50_kernel_shapes()
-  methods = METHODS
+  mesh = jax.make_mesh((jax.device_count(),), ("devices",))
+  trees = {name: TREES[name]() for name in args.trees.split(",")}
+  methods = args.methods.split(",")
   if args.smoke:
-    shapes, methods = common.resnet20_kernel_shapes()[:4], ["svd"]
-  repeats = 1 if args.smoke else args.repeats
-  tree = {k: jnp.asarray(v) for k, v in common.random_tree(shapes).items()}
-  groups = shape_groups(tree)
+    trees, methods = {"resnet20[:4]": common.resnet20_kernel_shapes()[:4]}, ["svd"]
   rows = []
-  for method in methods:
-    work = per_device_work(method, groups, devices, repeats)
-    contenders = {"every device": orthax.orthogonalise_components(method),
-                  "mesh=": orthax.orthogonalise_components(method, mesh=mesh)}
-    for layout, grads in layouts(tree, mesh).items():
-      compiled, compile_s = {}, {}
-      for label, tx in contenders.items():
-        compiled[label], compile_s[label] = common.compile_seconds(
-            lambda g, tx=tx: tx.update(g, optax.EmptyState())[0], grads)
-      times = common.time_interleaved(compiled, {k: (grads,) for k in compiled}, repeats)
-      outs = {label: fn(grads) for label, fn in compiled.items()}
-      difference = max(float(jnp.max(jnp.abs(a - b)))
-                       for a, b in zip(jax.tree.leaves(outs["mesh="]),
-                                       jax.tree.leaves(outs["every device"]), strict=True))
-      same_shardings = all(
-          o.sharding.is_equivalent_to(g.sharding, g.ndim)
-          for out in outs.values()
-          for o, g in zip(jax.tree.leaves(out), jax.tree.leaves(grads), strict=True))
-      rows.append({
-          "method": method, "layout": layout, "devices": devices,
-          "matrices per device": f"{sum(b for b, _, _ in groups)} -> "
-                                 f"{sum(b for b, _, _ in busiest_share(groups, devices))}",
-          "decomposition ms / device": f"{1e3 * work['all']:.3g} -> {1e3 * work['share']:.3g}",
-          "work ratio": work["all"] / work["share"],
-          "every device ms": 1e3 * times["every device"], "mesh= ms": 1e3 * times["mesh="],
-          "speed-up": times["every device"] / times["mesh="],
-          "compile s": f"{compile_s['every device']:.1f} / {compile_s['mesh=']:.1f}",
-          "max abs diff": difference, "shardings kept": same_shardings})
-      print(rows[-1], flush=True)
-  notes = (f"Tree: {len(shapes)} kernels in {len(groups)} shape groups. `work ratio` is the "
-           "decomposition time of all matrices over that of the busiest device's share, both "
-           "on one device.")
+  for name, shapes in trees.items():
+    tree = {k: jnp.asarray(v) for k, v in common.random_tree(shapes).items()}
+    for method in methods:
+      for row in compare(tree, method, mesh, 1 if args.smoke else args.repeats):
+        rows.append({"tree": f"{name} ({len(shapes)} kernels)", **row})
+        print(rows[-1], flush=True)
+  notes = ("`work ratio`: the decomposition time of all matrices over that of the busiest "
+           "device's share, both on one device.")
   print(common.write("distributed", rows, args.out, notes))
 
 
