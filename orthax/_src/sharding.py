@@ -19,14 +19,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 Array = jax.Array
 
 
-def explicit_sharding(x: Array) -> NamedSharding | None:
-  """The sharding in `x`'s type when its mesh has explicit axes (sharding in types), else None."""
-  sharding = jax.typeof(x).sharding
-  if isinstance(sharding, NamedSharding) and sharding.mesh.explicit_axes:
-    return sharding
-  return None
-
-
 def gather(x: Array) -> Array:
   """`x` replicated over the mesh in its type (if any), for a decomposition of whole matrices.
 
