@@ -124,7 +124,8 @@ def imagenet(data_dir: str | None, image_size: int, batch_size: int, *, seed: in
     height, width, _ = tf.unstack(size)
     window = tf.stack([offset_y, offset_x, height, width])
     image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
-    failed = tf.reduce_all(tf.equal(shape, size))  # no box found: the whole image came back
+    # No acceptable box in 10 tries: the whole image came back (size's channel entry is -1).
+    failed = tf.reduce_all(tf.equal(shape[:2], size[:2]))
     return tf.cond(failed, lambda: centre_crop(jpeg), lambda: resize(image))
 
   def centre_crop(jpeg):
