@@ -114,9 +114,11 @@ def orthogonal_lars(
 ) -> optax.GradientTransformation:
   """Orthogonal LARS: U V^T on the selected kernels, then `optax.lars`.
 
-  `optax.lars` adds decay to the (orthogonalised) gradient, rescales by the trust ratio, then
-  applies momentum and the learning rate. For Barlow Twins the paper orthogonalised convolution
-  kernels only: pass `mask=orthax.masks.conv_kernels`.
+  `optax.lars` adds decay to the (orthogonalised) gradient, rescales by the trust ratio, scales
+  by the learning rate and then accumulates momentum (the authors' LARS accumulates momentum
+  before the learning rate; the two differ while the rate changes: examples/barlow_twins has
+  theirs). For Barlow Twins the paper orthogonalised convolution kernels only: pass
+  `mask=orthax.masks.conv_kernels`.
 
   Args:
     learning_rate: a float or an optax schedule.
