@@ -107,6 +107,66 @@ def test_missing_data_says_how_to_point_at_a_copy(tmp_path):
     data_lib.load(tmp_path / "missing.npz")
   message = str(error.value)
   assert "--data" in message and "ORTHAX_CIFAR10" in message and "--synthetic" in message
+  assert "--download" in message
+
+
+class FakeCifarBuilder:
+  """tensorflow-datasets' cifar10 builder in miniature: image i carries i in its first pixel."""
+
+  def __init__(self, prepared: bool):
+    self.prepared, self.downloads = prepared, 0
+
+  def is_prepared(self) -> bool:
+    return self.prepared
+
+  def download_and_prepare(self) -> None:
+    self.prepared, self.downloads = True, self.downloads + 1
+
+  def as_dataset(self, split: str, batch_size: int) -> dict:
+    assert batch_size == -1 and self.prepared
+    n = {"train": 60, "test": 20}[split]
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)
+    return {"image": images, "label": np.arange(n, dtype=np.int64) % 10}
+
+
+@pytest.fixture
+def fake_tfds(monkeypatch):
+  builder = FakeCifarBuilder(prepared=True)
+  module = type(sys)("tensorflow_datasets")
+  module.builder = lambda name: builder if name == "cifar10" else None
+  module.as_numpy = lambda tree: tree
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
+  monkeypatch.delenv("ORTHAX_CIFAR10", raising=False)
+  return builder
+
+
+def test_tfds_source_gives_the_fixed_split(fake_tfds):
+  dataset = data_lib.load(train_size=40)
+  assert dataset.source == "CIFAR-10 (tensorflow-datasets)"
+  train_idx, val_idx = data_lib.split_indices(60)
+  np.testing.assert_array_equal(dataset.train.images[:, 0, 0, 0], train_idx[:40])
+  np.testing.assert_array_equal(dataset.validation.images[:, 0, 0, 0], val_idx)
+  np.testing.assert_array_equal(dataset.test.images[:, 0, 0, 0], np.arange(20))
+  assert dataset.train.labels.dtype == np.int32
+  np.testing.assert_array_equal(dataset.train.labels, train_idx[:40] % 10)
+  assert fake_tfds.downloads == 0
+
+
+def test_tfds_downloads_only_when_asked(fake_tfds):
+  fake_tfds.prepared = False
+  assert data_lib.load_tfds((None, None, None)) is None
+  assert fake_tfds.downloads == 0
+  splits = data_lib.load_tfds((None, None, None), download=True)
+  assert fake_tfds.downloads == 1 and [len(s.labels) for s in splits] == [54, 6, 20]
+
+
+def test_download_without_tfds_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+  monkeypatch.delenv("ORTHAX_CIFAR10", raising=False)
+  assert data_lib.load_tfds((None, None, None)) is None
+  with pytest.raises(data_lib.DataNotFoundError, match="pip install tensorflow-datasets"):
+    data_lib.load(download=True)
 
 
 def test_augment_crops_and_flips():

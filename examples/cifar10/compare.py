@@ -61,6 +61,8 @@ def make_parser() -> argparse.ArgumentParser:
   add("--validation-size", type=int, default=None, help="first N of the 5k validation images")
   add("--test-size", type=int, default=None, help="first N of the 10k test images")
   add("--data", default=None, help="cifar10_jpeg.npz (default: $ORTHAX_CIFAR10, tfds, local)")
+  add("--download", action="store_true",
+      help="let tensorflow-datasets download cifar10 if it is not prepared")
   add("--synthetic", action="store_true", help="synthetic data (tests; no real accuracy)")
   add("--diagnostics", action="store_true", help="log component cosines, dead parameters, ...")
   add("--no-checkpoint", dest="checkpoint", action="store_false")
@@ -222,7 +224,7 @@ def setting_line(args: argparse.Namespace, dataset: data_lib.Dataset) -> str:
 def load_dataset(args: argparse.Namespace) -> data_lib.Dataset:
   return data_lib.load(
       args.data, train_size=args.train_size, validation_size=args.validation_size,
-      test_size=args.test_size, synthetic=args.synthetic)
+      test_size=args.test_size, synthetic=args.synthetic, download=args.download)
 
 
 def compare(args: argparse.Namespace, dataset: data_lib.Dataset | None = None) -> dict:

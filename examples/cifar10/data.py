@@ -31,7 +31,9 @@ Point the example at a local copy of cifar10_jpeg.npz, either with
     --data /path/to/cifar10_jpeg.npz
 or with the environment variable
     ORTHAX_CIFAR10=/path/to/cifar10_jpeg.npz
-or prepare tensorflow-datasets' cifar10, or run on synthetic data (no meaningful accuracy) with
+or let tensorflow-datasets download it (where the machine can) with
+    --download
+or run on synthetic data (no meaningful accuracy) with
     --synthetic"""
 
 
@@ -98,15 +100,25 @@ def load_npz(path: Path, sizes: tuple[int | None, int | None, int | None]) -> tu
   return tuple(splits)
 
 
-def load_tfds(sizes: tuple[int | None, int | None, int | None]) -> tuple[Split, ...] | None:
-  """The same splits from tensorflow-datasets' prepared `cifar10`, or None if unavailable."""
+def load_tfds(sizes: tuple[int | None, int | None, int | None],
+              download: bool = False) -> tuple[Split, ...] | None:
+  """The same splits from tensorflow-datasets' `cifar10`, or None if it is not there.
+
+  The data set is used when already prepared, and downloaded and prepared first if `download`.
+  """
   try:
     import tensorflow_datasets as tfds
   except ImportError:
+    if download:
+      raise DataNotFoundError(
+          "--download needs tensorflow-datasets: pip install tensorflow-datasets tensorflow-cpu"
+      ) from None
     return None
   builder = tfds.builder("cifar10")
   if not builder.is_prepared():
-    return None
+    if not download:
+      return None
+    builder.download_and_prepare()
   arrays = {split: tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
             for split in ("train", "test")}
   train_idx, val_idx = split_indices(len(arrays["train"]["label"]))
@@ -153,6 +165,7 @@ def load(
     validation_size: int | None = None,
     test_size: int | None = None,
     synthetic: bool = False,
+    download: bool = False,
 ) -> Dataset:
   """CIFAR-10 split 45k/5k/10k (train/validation/test), or prefixes of each split.
 
@@ -162,6 +175,8 @@ def load(
     train_size, validation_size, test_size: use the first N images of each split (short runs);
       None uses the whole split. The split itself is fixed, so prefixes are nested.
     synthetic: random class patterns instead of CIFAR-10 (default 2048/512/512 images).
+    download: let tensorflow-datasets download and prepare `cifar10` if it is not prepared
+      (when neither `path` nor `$ORTHAX_CIFAR10` is given).
 
   Returns:
     A `Dataset` whose `mean` and `std` are those of the training images used.
@@ -172,7 +187,8 @@ def load(
   sizes = (train_size, validation_size, test_size)
   if synthetic:
     splits, source = synthetic_splits(sizes), "synthetic"
-  elif path is None and "ORTHAX_CIFAR10" not in os.environ and (tfds := load_tfds(sizes)):
+  elif path is None and "ORTHAX_CIFAR10" not in os.environ and (
+      tfds := load_tfds(sizes, download)):
     splits, source = tfds, "CIFAR-10 (tensorflow-datasets)"
   else:
     local = find_local_copy(path)
