@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_step                        # BasicCNN, ResNet-20 at batch 1024
     python -m benchmarks.train_step --models resnet50      # ResNet-50 at batch 256 (slow on CPU)
-    python -m benchmarks.train_step --contenders sgdm,orthogonal-sgdm\ auto,muon
+    python -m benchmarks.train_step --contenders "sgdm,orthogonal-sgdm auto,muon"
 
 The paper's hyper-parameters (lr 1e-2, momentum 0.9, weight decay 5e-4) on random 32x32 inputs;
 every contender runs the same jitted step but for its optimiser, timed interleaved. "vs sgdm" is
