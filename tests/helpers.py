@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -42,3 +44,16 @@ def assert_orthonormal_columns(x: Any, atol: float = 1e-5) -> None:
   """The (P, N) matrix x with P >= N has O^T O = I."""
   x = np.asarray(x, np.float64)
   np.testing.assert_allclose(x.T @ x, np.eye(x.shape[1]), atol=atol)
+
+
+class TinyCNN(nn.Module):
+  """Two stride-2 convolutions with batch norm, global pooling, a linear classifier."""
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for features in (8, 16):
+      x = nn.Conv(features, (3, 3), strides=2)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +23,7 @@ import pytest
 from examples.cifar10 import compare, configs, optimizers, train
 from examples.cifar10 import data as data_lib
 from examples.cifar10.models import MODELS
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_DIAGNOSTICS = importlib.util.find_spec("orthax.diagnostics") is not None
@@ -32,23 +32,10 @@ TINY = train.Config(
     synthetic=True, train_size=256, validation_size=128, test_size=128)
 
 
-class TinyCNN(nn.Module):
-  """Two stride-2 convolutions with batch norm, global pooling, a linear classifier."""
-
-  num_classes: int = 10
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    for features in (8, 16):
-      x = nn.Conv(features, (3, 3), strides=2)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
-
-
 @pytest.fixture(scope="module", autouse=True)
 def tiny_model():
   """MODELS["tiny"] while this module's tests run (other modules see MODELS unchanged)."""
-  MODELS["tiny"] = TinyCNN
+  MODELS["tiny"] = helpers.TinyCNN
   yield
   del MODELS["tiny"]
 
@@ -282,7 +269,7 @@ SUBPROCESS = """
 import json, sys
 import numpy as np
 from tests import test_cifar10 as t
-t.MODELS["tiny"] = t.TinyCNN
+t.MODELS["tiny"] = t.helpers.TinyCNN
 records, state = t.run_tiny(sys.argv[1])
 np.savez(sys.argv[1] + "/final.npz", *[np.asarray(x) for x in t.jax.tree.leaves(state)])
 print(json.dumps({"devices": t.jax.device_count(), "records": records}))

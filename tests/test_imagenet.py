@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,24 +15,12 @@ from examples.cifar10 import train as cifar_train
 from examples.cifar10.models import MODELS, count_parameters
 from examples.imagenet import data as data_lib
 from examples.imagenet import main, train
-
-
-class TinyCNN(nn.Module):
-  """Two stride-2 convolutions with batch norm, global pooling, a linear classifier."""
-
-  num_classes: int = 10
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    for features in (8, 16):
-      x = nn.Conv(features, (3, 3), strides=2)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+from tests import helpers
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_model():
-  MODELS["tiny"] = TinyCNN
+  MODELS["tiny"] = helpers.TinyCNN
   yield
   del MODELS["tiny"]
 
