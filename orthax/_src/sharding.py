@@ -101,7 +101,7 @@ def distribute(
     if devices == 1:
       return [matrix_fn(x) for x in stacks]
     table = assign([x.shape for x in stacks], devices)
-    slots = [max(1, max(len(table[d][g]) for d in range(devices))) for g in range(len(stacks))]
+    slots = [max(len(row[g]) for row in table) for g in range(len(stacks))]
 
     def branch(d: int) -> Callable[[list[Array]], list[Array]]:
       def run(xs: list[Array]) -> list[Array]:
