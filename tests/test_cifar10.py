@@ -207,6 +207,17 @@ def test_conv_mask_leaves_dense_kernels_alone():
   assert not np.array_equal(updates["conv"]["kernel"], grads["conv"]["kernel"])
 
 
+def test_dense_mask_leaves_conv_kernels_alone():
+  grads = {"conv": {"kernel": jnp.arange(72.0).reshape(3, 3, 1, 8), "bias": jnp.arange(8.0)},
+           "dense": {"kernel": jnp.arange(80.0).reshape(8, 10)}}
+  direction = optimizers.make_direction("orthogonal-sgdm", mask="dense")
+  updates, _ = direction.update(grads, direction.init(grads), grads)
+  np.testing.assert_array_equal(updates["conv"]["kernel"], grads["conv"]["kernel"])
+  np.testing.assert_array_equal(updates["conv"]["bias"], grads["conv"]["bias"])
+  singular = np.linalg.svd(np.asarray(updates["dense"]["kernel"]), compute_uv=False)
+  np.testing.assert_allclose(singular[:2], 1.0, rtol=1e-5)  # arange(80) has rank 2
+
+
 def test_unknown_optimizer_names_the_choices():
   with pytest.raises(ValueError, match="orthogonal-sgdm"):
     optimizers.make_optimizer("orthogonal-sgd", learning_rate=1e-2)

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from examples.cifar10 import configs, train
+from examples.cifar10 import configs, optimizers, train
 from examples.cifar10 import data as data_lib
 
 SPEC_KEYS = {"method": str, "mask": str, "rtol": float, "lr": float, "momentum": float,
@@ -49,7 +49,7 @@ def make_parser() -> argparse.ArgumentParser:
   add("--weight-decay", type=float, default=5e-4)
   add("--b2", type=float, default=0.999, help="Adam's b2")
   add("--method", default="auto", help="orthax method: auto, svd, eigh, newton_schulz, ...")
-  add("--mask", default="all", choices=("all", "conv"))
+  add("--mask", default="all", choices=tuple(optimizers.MASKS))
   add("--rtol", type=float, default=None, help="orthax's rank-aware cut (default: orthax's)")
   add("--schedule", default="constant", choices=("constant", "step"))
   add("--decay-epochs", default="", help="comma-separated epochs where lr / 10 (--schedule step)")

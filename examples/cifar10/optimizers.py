@@ -27,7 +27,15 @@ import orthax
 
 OPTIMIZERS = (
     "sgdm", "orthogonal-sgdm", "adam", "orthogonal-adam", "n-sgdm", "cn-sgdm", "muon")
-MASKS = {"all": orthax.masks.kernels, "conv": orthax.masks.conv_kernels}
+
+
+def dense_kernels(params: Any) -> Any:
+  """2-D kernels only (dense layers; in BasicCNN, the classifier): the complement of conv."""
+  return jax.tree.map(lambda kernel, conv: kernel and not conv,
+                      orthax.masks.kernels(params), orthax.masks.conv_kernels(params))
+
+
+MASKS = {"all": orthax.masks.kernels, "conv": orthax.masks.conv_kernels, "dense": dense_kernels}
 
 
 def check_name(name: str, mask: str) -> None:
@@ -36,7 +44,7 @@ def check_name(name: str, mask: str) -> None:
   if mask not in MASKS:
     raise ValueError(
         f"Unknown mask {mask!r}: 'all' orthogonalises every kernel (conv and dense), 'conv' only "
-        "convolution kernels (the paper's Table 5).")
+        "convolution kernels (the paper's Table 5), 'dense' only dense kernels.")
 
 
 def make_direction(
@@ -96,7 +104,8 @@ def make_optimizer(
     momentum: SGD's momentum; Adam's b1; Muon's beta. 0 for plain SGD.
     weight_decay: L2 coefficient added to the (orthogonalised) gradient; for Muon, its decay.
     method: orthax's matrix method (auto, svd, eigh, newton_schulz, polar_express).
-    mask: 'all' (every kernel, the default) or 'conv' (convolution kernels only).
+    mask: 'all' (every kernel, the default), 'conv' (convolution kernels only) or 'dense'
+      (dense kernels only: in BasicCNN, the classifier).
     rtol: orthax's rank-aware cut (exact methods); None is orthax's default.
     b2: Adam's second-moment decay (the paper's Table 3 used 0.99).
   """
