@@ -215,7 +215,8 @@ def test_dense_mask_leaves_conv_kernels_alone():
   np.testing.assert_array_equal(updates["conv"]["kernel"], grads["conv"]["kernel"])
   np.testing.assert_array_equal(updates["conv"]["bias"], grads["conv"]["bias"])
   singular = np.linalg.svd(np.asarray(updates["dense"]["kernel"]), compute_uv=False)
-  np.testing.assert_allclose(singular[:2], 1.0, rtol=1e-5)  # arange(80) has rank 2
+  np.testing.assert_allclose(singular[:2], 1.0, rtol=1e-5)  # arange(80) has rank 2: U V^T keeps
+  np.testing.assert_allclose(singular[2:], 0.0, atol=1e-5)  # its 2 directions and adds none
 
 
 def test_unknown_optimizer_names_the_choices():
