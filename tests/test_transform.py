@@ -386,7 +386,28 @@ ALIASES = {
              lambda: optax.chain(orthax.orthogonalise("svd", mask=orthax.masks.conv_kernels),
                                  optax.lars(LR, weight_decay=WD)),
              None),
+    "sgd_orthogonaliser": (
+        lambda: orthax.orthogonal_sgd(
+            LR, momentum=0.9, weight_decay=WD,
+            orthogonaliser=orthax.orthogonalise_components("svd", rtol=0.5,
+                                                           mask=orthax.masks.conv_kernels)),
+        lambda: optax.chain(
+            orthax.orthogonalise_components("svd", rtol=0.5, mask=orthax.masks.conv_kernels),
+            optax.add_decayed_weights(WD), optax.sgd(LR, momentum=0.9)),
+        None),
 }
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lars"])
+def test_alias_rejects_orthogonaliser_with_method_or_mask(name):
+  alias = getattr(orthax, f"orthogonal_{name}")
+  ortho = orthax.orthogonalise_components("svd")
+  with pytest.raises(ValueError, match="either orthogonaliser"):
+    alias(LR, method="svd", orthogonaliser=ortho)
+  with pytest.raises(ValueError, match="either orthogonaliser"):
+    alias(LR, mask=orthax.masks.conv_kernels, orthogonaliser=ortho)
+  with pytest.raises(ValueError, match="GradientTransformation"):
+    alias(LR, orthogonaliser="svd")
 
 
 @pytest.mark.parametrize("name", sorted(ALIASES))

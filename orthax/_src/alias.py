@@ -9,6 +9,23 @@ import optax
 from orthax._src.transform import orthogonalise
 
 
+def _first_link(
+    method: Any, mask: Any, orthogonaliser: optax.GradientTransformation | None, alias: str
+) -> optax.GradientTransformation:
+  """The alias's orthogonalising transformation: `orthogonaliser`, or one built from method/mask."""
+  if orthogonaliser is None:
+    return orthogonalise(method, mask=mask)
+  if not isinstance(orthogonaliser, optax.GradientTransformation):
+    raise ValueError(
+        f"{alias}(orthogonaliser=...) must be an optax.GradientTransformation such as "
+        f"orthax.orthogonalise_components(...), got {orthogonaliser!r}.")
+  if method != "auto" or mask is not None:
+    raise ValueError(
+        f"{alias}: pass either orthogonaliser=... or method/mask, not both; put method and mask "
+        "into the orthogonaliser, e.g. orthax.orthogonalise_components(method, mask=mask).")
+  return orthogonaliser
+
+
 def orthogonal_sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float | None = 0.9,
@@ -17,6 +34,7 @@ def orthogonal_sgd(
     weight_decay: float = 0.0,
     method: str = "auto",
     mask: Any = None,
+    orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """Orthogonal-SGDM, the paper's main optimiser.
 
@@ -32,13 +50,16 @@ def orthogonal_sgd(
     weight_decay: L2 coefficient added to the orthogonalised gradient.
     method: as in `orthax.orthogonalise_components`.
     mask: which leaves to orthogonalise (default: floating leaves with ndim >= 2).
+    orthogonaliser: the orthogonalising transformation to use instead of
+      `orthogonalise(method, mask=mask)`, e.g. `orthax.orthogonalise_components(method="svd",
+      rtol=1e-2, layout=...)`; leave `method` and `mask` unset when giving it.
 
   Examples:
     >>> import orthax
     >>> tx = orthax.orthogonal_sgd(1e-2, momentum=0.9, weight_decay=5e-4)  # the paper's recipe
   """
   return optax.chain(
-      orthogonalise(method, mask=mask),
+      _first_link(method, mask, orthogonaliser, "orthogonal_sgd"),
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )
@@ -53,6 +74,7 @@ def orthogonal_adam(
     weight_decay: float = 0.0,
     method: str = "auto",
     mask: Any = None,
+    orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """Orthogonal-Adam as in the paper: U V^T, then L2 decay added to it, then Adam.
 
@@ -66,9 +88,10 @@ def orthogonal_adam(
     weight_decay: L2 coefficient added after orthogonalisation, before Adam.
     method: as in `orthax.orthogonalise_components`.
     mask: which leaves to orthogonalise.
+    orthogonaliser: as in `orthogonal_sgd`.
   """
   return optax.chain(
-      orthogonalise(method, mask=mask),
+      _first_link(method, mask, orthogonaliser, "orthogonal_adam"),
       optax.add_decayed_weights(weight_decay),
       optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
   )
@@ -83,6 +106,7 @@ def orthogonal_adamw(
     weight_decay: float = 1e-4,
     method: str = "auto",
     mask: Any = None,
+    orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """U V^T, then AdamW: decoupled decay `learning_rate * weight_decay * param`, outside Adam.
 
@@ -92,9 +116,10 @@ def orthogonal_adamw(
     weight_decay: decoupled decay coefficient (optax.adamw's), never orthogonalised.
     method: as in `orthax.orthogonalise_components`.
     mask: which leaves to orthogonalise.
+    orthogonaliser: as in `orthogonal_sgd`.
   """
   return optax.chain(
-      orthogonalise(method, mask=mask),
+      _first_link(method, mask, orthogonaliser, "orthogonal_adamw"),
       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
   )
 
@@ -111,6 +136,7 @@ def orthogonal_lars(
     nesterov: bool = False,
     method: str = "auto",
     mask: Any = None,
+    orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """Orthogonal LARS: U V^T on the selected kernels, then `optax.lars`.
 
@@ -126,9 +152,10 @@ def orthogonal_lars(
       nesterov: as in `optax.lars`.
     method: as in `orthax.orthogonalise_components`.
     mask: which leaves to orthogonalise.
+    orthogonaliser: as in `orthogonal_sgd`.
   """
   return optax.chain(
-      orthogonalise(method, mask=mask),
+      _first_link(method, mask, orthogonaliser, "orthogonal_lars"),
       optax.lars(
           learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
           trust_coefficient=trust_coefficient, eps=eps, trust_ratio_mask=trust_ratio_mask,
