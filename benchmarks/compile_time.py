@@ -20,8 +20,8 @@ def per_leaf(tree):
   return {k: orthax.polar.eigh(v) for k, v in tree.items()}
 
 
-def main() -> None:
-  args = common.parser(__doc__).parse_args()
+def main(argv: list[str] | None = None) -> None:
+  args = common.parser(__doc__).parse_args(argv)
   depths = [1, 2] if args.smoke else [1, 2, 4, 8, 16, 24]
   grouped_tx = orthax.orthogonalise_components("eigh")
   rows = []

@@ -120,12 +120,12 @@ def compare(tree: dict, method: str, mesh, repeats: int) -> list[dict]:
   return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   p = common.parser(__doc__)
   p.add_argument("--devices", type=int, default=8, help="simulated CPU devices (default 8)")
   p.add_argument("--trees", default=",".join(TREES), help=f"comma-separated, from {list(TREES)}")
   p.add_argument("--methods", default=",".join(METHODS))
-  args = p.parse_args()
+  args = p.parse_args(argv)
   simulate_devices(args.devices)
   _single_thread_cpu_lapack()
   mesh = jax.make_mesh((jax.device_count(),), ("devices",))

@@ -53,10 +53,10 @@ def errors(o: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
   return float(orth), float(dist)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   p = common.parser(__doc__)
   p.add_argument("--large", action="store_true")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   suites = {"resnet20": common.resnet20_kernel_shapes(),
             "resnet50": common.resnet50_kernel_shapes(),
             "transformer768": common.transformer_kernel_shapes(768),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import time
 
 import jax
@@ -28,13 +27,13 @@ PARTS = [
 ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--smoke", action="store_true")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", type=pathlib.Path, default=None,
                  help="default: benchmarks/results/<platform>")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   out = args.out or common.RESULTS / jax.default_backend()
   walls = {}
   for module, flags in PARTS:
@@ -42,11 +41,10 @@ def main() -> None:
     if module is distributed and jax.device_count() == 1 and not args.smoke:
       print(f"{name}: skipped (one device; on CPU run `python -m benchmarks.distributed` alone)")
       continue
-    argv = [name, "--out", str(out), "--repeats", str(args.repeats)]
-    argv += ["--smoke"] if args.smoke else flags
-    sys.argv = argv
+    part_argv = ["--out", str(out), "--repeats", str(args.repeats)]
+    part_argv += ["--smoke"] if args.smoke else flags
     start = time.perf_counter()
-    module.main()
+    module.main(part_argv)
     walls[name] = time.perf_counter() - start
     print(f"{name}: {walls[name]:.0f} s", flush=True)
   print("suite wall time:", ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()),

@@ -56,13 +56,13 @@ def planned_memory_mib(compiled) -> tuple[float, float]:
   return (total - m.alias_size_in_bytes) / 2**20, m.temp_size_in_bytes / 2**20
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   p = common.parser(__doc__)
   p.add_argument("--models", default="basic_cnn,resnet20",
                   help=f"comma-separated, from {list(BATCH)} (default basic_cnn,resnet20)")
   p.add_argument("--contenders", default=",".join(CONTENDERS),
                  help="comma-separated, from the names in CONTENDERS (sgdm is always timed)")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   _single_thread_cpu_lapack()
   if unknown := set(args.models.split(",")) - set(BATCH):
     p.error(f"unknown models {sorted(unknown)}; choose from {list(BATCH)}")

@@ -50,8 +50,8 @@ def optax_muon_ns(tree):
   return {k: leaf(v) for k, v in tree.items()}
 
 
-def main() -> None:
-  args = common.parser(__doc__).parse_args()
+def main(argv: list[str] | None = None) -> None:
+  args = common.parser(__doc__).parse_args(argv)
   _single_thread_cpu_lapack()  # The same LAPACK threading for every contender.
   trees = {"resnet20": common.resnet20_kernel_shapes(),
            "resnet50": common.resnet50_kernel_shapes(),

@@ -1,15 +1,12 @@
 """Every benchmark runs end to end on its smallest sizes, so none rots (no timings checked)."""
 
-import sys
-
 from benchmarks import suite
 
 NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "distributed"]
 
 
-def test_suite_smoke(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(sys, "argv", ["suite", "--smoke", "--out", str(tmp_path)])
-  suite.main()
+def test_suite_smoke(tmp_path, capsys):
+  suite.main(["--smoke", "--out", str(tmp_path)])
   out = capsys.readouterr().out
   for name in NAMES:
     assert (tmp_path / f"{name}.json").exists(), name
