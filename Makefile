@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint clean
+.PHONY: test demo lint clean accelerator-evidence
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m examples.demo
+
+# On a machine with a GPU or TPU (see benchmarks/README.md): ARGS="--data PATH/cifar10_jpeg.npz"
+accelerator-evidence: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.accelerator_evidence $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
