@@ -98,7 +98,8 @@ def matrix_view(shape: Sequence[int], layout: Layout) -> MatrixView:
   params = tuple(a for a in range(ndim) if a not in components and a not in batch)
   permutation = batch + params + components
   sizes = [math.prod(shape[a] for a in group) for group in (batch, params, components)]
-  return MatrixView(tuple(sizes), permutation, tuple(shape[a] for a in permutation))
+  return MatrixView((sizes[0], sizes[1], sizes[2]), permutation,
+                    tuple(shape[a] for a in permutation))
 
 
 def default_mask(x: Any) -> bool:
@@ -169,6 +170,7 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   subtrees) they leave out are `optax.MaskedNode`s; a spec for the whole params matches such a
   tree, its values at those places being ignored (as optax's own `mask=` trees are).
   """
+  treedef: Any  # jax's PyTreeDef, whose stub the type checker cannot resolve.
   leaves, treedef = jax.tree_util.tree_flatten(params)
   if callable(spec) and not is_spec_leaf(spec):
     spec = spec(params)
@@ -179,6 +181,7 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   spec_leaves, spec_treedef = jax.tree_util.tree_flatten(spec, is_leaf=is_spec_leaf)
   if spec_treedef == treedef:
     return spec_leaves
+  with_masked: Any
   places, with_masked = jax.tree_util.tree_flatten(params, is_leaf=_is_masked_node)
   if any(_is_masked_node(p) for p in places):
     try:

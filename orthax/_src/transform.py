@@ -78,8 +78,10 @@ def _component_transform(
   With a `mesh`, the matrices are dealt out to its devices. Every update has its gradient's
   sharding.
   """
+  fn: MatrixFn
   if _takes_compute_dtype(matrix_fn):
-    fn: MatrixFn = functools.partial(matrix_fn, compute_dtype=compute_dtype)
+    own_precision: Callable[..., Array] = matrix_fn
+    fn = functools.partial(own_precision, compute_dtype=compute_dtype)
 
     def stack_dtype(dtype):
       return dtype
@@ -91,10 +93,10 @@ def _component_transform(
 
   guarded = _finite_only(fn)
 
-  def apply(stacks: list[Array]) -> list[Array]:
-    return [guarded(x) for x in stacks]
-
-  if mesh is not None:
+  apply: Callable[[list[Array]], list[Array]]
+  if mesh is None:
+    apply = lambda stacks: [guarded(x) for x in stacks]  # noqa: E731
+  else:
     apply = sharding_lib.distribute(guarded, mesh)
 
   def plan(tree: Any) -> tuple[list[str], list[components_lib.MatrixView | None]]:
@@ -107,7 +109,7 @@ def _component_transform(
         treedef, [components_lib.one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
     selected = components_lib.resolve_tree(
         mask, layers, "mask", components_lib.default_mask, _is_mask_leaf)
-    views = []
+    views: list[components_lib.MatrixView | None] = []
     for path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
       if not bool(chosen):
         views.append(None)
@@ -138,11 +140,11 @@ def _component_transform(
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree_util.tree_flatten(updates)
-    paths, views = plan(updates)
+    paths, all_views = plan(updates)
+    views = {i: view for i, view in enumerate(all_views) if view is not None and leaves[i].size}
     groups: dict[tuple, list[int]] = {}
-    for i, (leaf, view) in enumerate(zip(leaves, views, strict=True)):
-      if view is not None and leaf.size:
-        groups.setdefault((view.shape[1:], jnp.dtype(leaf.dtype)), []).append(i)
+    for i, view in views.items():
+      groups.setdefault((view.shape[1:], jnp.dtype(leaves[i].dtype)), []).append(i)
     out = list(leaves)
     stacks = []
     for (_, dtype), members in groups.items():
