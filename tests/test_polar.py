@@ -335,6 +335,8 @@ def test_bfloat16_keeps_a_genuine_small_direction():
 def test_default_rtol_is_numpys_for_float32():
   for shape in [(64, 16), (3, 3), (1000, 1)]:
     assert polar.default_rtol(shape, jnp.float32, jnp.float32) == max(shape) * 2.0**-23
+  # Float32 data decomposed in float64 keeps float32's rounding bound, not float64's eps.
+  assert polar.default_rtol((64, 16), jnp.float64, jnp.float32) == 4 * 2.0**-23
 
 
 @pytest.mark.parametrize("name", EXACT)
