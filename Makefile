@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 demo: $(STAMP)
@@ -25,7 +26,8 @@ accelerator-evidence: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis runs
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis runs
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

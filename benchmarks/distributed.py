@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 import orthax
 from benchmarks import common
 from orthax._src import components, sharding
-from orthax._src.polar import _single_thread_cpu_lapack
+from orthax.polar import single_thread_cpu_lapack
 
 METHODS = ["eigh", "svd", "newton_schulz"]
 TREES = {
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--methods", default=",".join(METHODS))
   args = p.parse_args(argv)
   simulate_devices(args.devices)
-  _single_thread_cpu_lapack()
+  single_thread_cpu_lapack()
   mesh = jax.make_mesh((jax.device_count(),), ("devices",))
   trees = {name: TREES[name]() for name in args.trees.split(",")}
   methods = args.methods.split(",")

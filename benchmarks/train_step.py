@@ -18,7 +18,7 @@ import optax
 
 from benchmarks import common
 from examples.cifar10 import models, optimizers
-from orthax._src.polar import _single_thread_cpu_lapack
+from orthax.polar import single_thread_cpu_lapack
 
 CONTENDERS = {
     "sgdm": ("sgdm", "auto"),
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--contenders", default=",".join(CONTENDERS),
                  help="comma-separated, from the names in CONTENDERS (sgdm is always timed)")
   args = p.parse_args(argv)
-  _single_thread_cpu_lapack()
+  single_thread_cpu_lapack()
   if unknown := set(args.models.split(",")) - set(BATCH):
     p.error(f"unknown models {sorted(unknown)}; choose from {list(BATCH)}")
   cases = [(name, BATCH[name]) for name in args.models.split(",")]

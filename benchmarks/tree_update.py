@@ -21,7 +21,7 @@ from optax.contrib import _muon
 import orthax
 from benchmarks import common
 from benchmarks.matrix_methods import errors, reference
-from orthax._src.polar import _single_thread_cpu_lapack
+from orthax.polar import single_thread_cpu_lapack
 
 ORTHAX_METHODS = ["auto", "svd", "eigh", "newton_schulz", "polar_express"]
 
@@ -52,7 +52,7 @@ def optax_muon_ns(tree):
 
 def main(argv: list[str] | None = None) -> None:
   args = common.parser(__doc__).parse_args(argv)
-  _single_thread_cpu_lapack()  # The same LAPACK threading for every contender.
+  single_thread_cpu_lapack()  # The same LAPACK threading for every contender.
   trees = {"resnet20": common.resnet20_kernel_shapes(),
            "resnet50": common.resnet50_kernel_shapes(),
            "transformer768x4": common.transformer_kernel_shapes(768, 4)}

@@ -8,7 +8,12 @@ from orthax._src.alias import orthogonal_adamw as orthogonal_adamw
 from orthax._src.alias import orthogonal_lars as orthogonal_lars
 from orthax._src.alias import orthogonal_sgd as orthogonal_sgd
 from orthax._src.components import Layout as Layout
+from orthax._src.components import LayoutSpec as LayoutSpec
+from orthax._src.components import MaskSpec as MaskSpec
 from orthax._src.components import layout_by_path as layout_by_path
+from orthax._src.transform import Method as Method
+from orthax._src.transform import MethodName as MethodName
+from orthax._src.transform import StepScale as StepScale
 from orthax._src.transform import normalise as normalise
 from orthax._src.transform import normalise_components as normalise_components
 from orthax._src.transform import orthogonalise as orthogonalise
@@ -18,6 +23,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Layout",
+    "LayoutSpec",
+    "MaskSpec",
+    "Method",
+    "MethodName",
+    "StepScale",
     "diagnostics",
     "layout_by_path",
     "masks",

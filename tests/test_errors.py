@@ -27,6 +27,12 @@ PARAMS = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
     (dict(step_scale="bogus"), ["step_scale", "'bogus'"]),
     (dict(compute_dtype=jnp.int32), ["compute_dtype", "int32"]),
     (dict(compute_dtype="not a dtype"), ["compute_dtype"]),
+    (dict(method=lambda x: x, rtol=0.1), ["rtol", "functools.partial"]),
+    (dict(method=lambda x: x, steps=2), ["steps", "functools.partial"]),
+    (dict(method=3), ["method", "callable"]),
+    (dict(method="svd", rtol=jnp.asarray(2.0)), ["rtol"]),
+    (dict(method="newton_schulz", steps=jnp.asarray(3)), ["steps", "static_args"]),
+    (dict(compute_dtype=jnp.asarray(1.0)), ["compute_dtype", "static_args"]),
 ], ids=repr)
 def test_orthogonalise_components_arguments(kwargs, names):
   with pytest.raises(ValueError) as info:
@@ -39,8 +45,9 @@ def test_orthogonalise_components_arguments(kwargs, names):
     dict(method="svd", rtol=np.float32(1e-3)),
     dict(method="eigh", rtol=np.float64(1e-3)),
     dict(method="newton_schulz", steps=np.int64(3)),
+    dict(method="svd", rtol=jnp.asarray(1e-3)),
 ], ids=repr)
-def test_numpy_scalars_are_accepted(kwargs):
+def test_numpy_scalars_and_concrete_arrays_are_accepted(kwargs):
   """rtol is "a number in [0, 1)" and steps "an integer >= 1": numpy scalars are both.
 
   Fails in orthax 0.1.0 for np.float32 and np.int64, which `_method_fn`'s isinstance checks
@@ -172,3 +179,9 @@ def test_mask_selecting_a_scalar_raises():
 def test_exclude_needs_patterns(patterns):
   with pytest.raises(ValueError, match="exclude"):
     orthax.masks.exclude(*patterns)
+
+
+def test_alias_rejects_a_callable_method_beside_an_orthogonaliser():
+  with pytest.raises(ValueError, match="either orthogonaliser"):
+    orthax.orthogonal_sgd(1e-2, method=orthax.polar.svd,
+                          orthogonaliser=orthax.orthogonalise_components())

@@ -64,3 +64,69 @@ def test_dense_general_heads_as_components():
 def test_layout_by_path_validates_rules():
   with pytest.raises(ValueError, match="orthax.Layout"):
     orthax.layout_by_path({"layers": 0})
+
+
+class ConvDenseBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    x = nn.tanh(nn.Conv(8, (3, 3))(x))
+    return nn.tanh(nn.Dense(8)(x)), None
+
+
+class ScannedBlocks(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    blocks = nn.scan(ConvDenseBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                     length=4)
+    return blocks(name="blocks")(x, None)[0]
+
+
+class UnrolledBlocks(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for i in range(4):
+      x = ConvDenseBlock(name=f"blocks_{i}")(x, None)[0]
+    return x
+
+
+def unstack(scanned: dict) -> dict:
+  """The scanned model's params (or gradients) as the unrolled model's."""
+  return {f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], scanned["blocks"]) for i in range(4)}
+
+
+@pytest.mark.parametrize("mask", [None, orthax.masks.kernels, orthax.masks.conv_kernels])
+def test_scanned_model_gets_the_unrolled_models_update(mask):
+  """Fault 2: nn.scan-stacked biases (4, 8) were orthogonalised: with Layout(batch=0) each layer's
+  bias became b / ||b||. The default mask (and orthax.masks) counted the stacking axis as a
+  dimension. Now the scanned model's update is the unrolled model's, leaf by leaf: kernels per
+  layer, every bias unchanged, a scanned Dense kernel no conv kernel."""
+  x = jax.random.normal(jax.random.key(3), (2, 5, 5, 8))
+  scanned_model, unrolled_model = ScannedBlocks(), UnrolledBlocks()
+  params = scanned_model.init(jax.random.key(0), x)["params"]
+  assert params["blocks"]["Conv_0"]["bias"].shape == (4, 8)
+  unrolled_params = unrolled_model.init(jax.random.key(0), x)["params"]
+  assert jax.tree.structure(unstack(params)) == jax.tree.structure(unrolled_params)
+
+  def loss(model):
+    return lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)
+
+  grads = jax.grad(loss(scanned_model))(params)
+  unrolled_grads = jax.grad(loss(unrolled_model))(unstack(params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               unstack(grads), unrolled_grads)
+
+  scanned_tx = orthax.orthogonalise_components(
+      "svd", mask=mask, layout=orthax.layout_by_path({"blocks": orthax.Layout(batch=0)}))
+  unrolled_tx = orthax.orthogonalise_components("svd", mask=mask)
+  out = jax.jit(scanned_tx.update)(grads, scanned_tx.init(params))[0]
+  # The same gradient values through the unrolled model's tree, so the comparison is exact.
+  expected = jax.jit(unrolled_tx.update)(unstack(grads), unrolled_tx.init(unstack(params)))[0]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), unstack(out), expected)
+  for layer in ("Conv_0", "Dense_0"):
+    np.testing.assert_array_equal(out["blocks"][layer]["bias"], grads["blocks"][layer]["bias"])
+  dense_changed = not np.array_equal(out["blocks"]["Dense_0"]["kernel"],
+                                     grads["blocks"]["Dense_0"]["kernel"])
+  assert dense_changed == (mask is not orthax.masks.conv_kernels)
+  conv = np.asarray(out["blocks"]["Conv_0"]["kernel"]).reshape(4, 72, 8)
+  for layer in range(4):
+    np.testing.assert_allclose(conv[layer].T @ conv[layer], np.eye(8), atol=1e-5)

@@ -1,5 +1,10 @@
 """The matrix methods against numpy's float64 SVD, analytic cases and invariances."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -8,7 +13,10 @@ import numpy as np
 import pytest
 
 import orthax
+import orthax._src.polar
 from orthax import polar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXACT = {"svd": polar.svd, "eigh": polar.eigh, "auto": polar.auto}
 APPROXIMATE = {"newton_schulz": polar.newton_schulz, "polar_express": polar.polar_express}
@@ -228,4 +236,138 @@ def test_input_validation():
 
 def test_public_names():
   assert set(orthax.polar.__all__) == {
-      "auto", "eigh", "newton_schulz", "polar_express", "polar_express_coefficients", "svd"}
+      "AUTO_RULES", "AutoRule", "auto", "default_rtol", "eigh", "newton_schulz", "polar_express",
+      "polar_express_coefficients", "single_thread_cpu_lapack", "svd"}
+
+
+# Faults from public bug reports (issue #12), and the rest of their kinds.
+
+INF_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax
+    import orthax
+    for shape in [(64, 8), (3, 3), (16, 16)]:
+      g = jnp.ones(shape).at[1, 2].set(jnp.inf)
+      for name in ["auto", "svd", "eigh"]:
+        tx = orthax.orthogonalise_components(name)
+        out = jax.jit(tx.update)({"w": g}, tx.init({"w": g}))[0]["w"]
+        assert bool(jnp.all(jnp.isnan(out))), (shape, name)
+        direct = getattr(orthax.polar, name)(g)
+        assert bool(jnp.all(jnp.isnan(direct))), (shape, name)
+      # A user's method that calls LAPACK itself is guarded by the transformation.
+      tx = orthax.orthogonalise_components(
+          lambda x: jnp.linalg.svd(x, full_matrices=False)[0] @ jnp.linalg.svd(
+              x, full_matrices=False)[2])
+      out = jax.jit(tx.update)({"w": g}, tx.init({"w": g}))[0]["w"]
+      assert bool(jnp.all(jnp.isnan(out))), shape
+    # eigh's own fallback to svd (an ill-conditioned matrix next to one with inf) is guarded too.
+    rng = np.random.default_rng(0)
+    ill = (rng.standard_normal((64, 8)) * np.logspace(0, -6, 8)).astype(np.float32)
+    stack = jnp.stack([jnp.asarray(ill), jnp.ones((64, 8)).at[0, 0].set(-jnp.inf)])
+    out = orthax.polar.eigh(stack)
+    assert bool(jnp.all(jnp.isnan(out[1]))) and bool(jnp.all(jnp.isfinite(out[0])))
+    # apply_if_finite skips the step.
+    params = {"w": jnp.zeros((64, 8))}
+    tx = optax.apply_if_finite(optax.chain(orthax.orthogonalise(), optax.sgd(0.1)), 3)
+    updates, state = jax.jit(tx.update)({"w": jnp.ones((64, 8)).at[1, 2].set(jnp.inf)},
+                                        tx.init(params), params)
+    assert int(state.notfinite_count) == 1 and not bool(jnp.any(updates["w"]))
+    print("finished")
+""")
+
+
+def test_inf_gradient_gives_nan_at_once_instead_of_hanging_lapack():
+  """Fault 1: LAPACK's SVD loops forever on inf; no decomposition may see a non-finite entry.
+
+  Before: a (64, 8) gradient of ones with one +inf, through orthogonalise_components("auto")
+  (also "svd", "eigh"; also (3, 3), (16, 16)), never returned on CPU. After: all-NaN at once.
+  Runs in a subprocess with a time limit, so a regression fails instead of hanging the suite.
+  """
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  try:
+    result = subprocess.run([sys.executable, "-c", INF_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)
+  except subprocess.TimeoutExpired:
+    pytest.fail("an update of a gradient holding inf did not return within 300 s")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("finished")
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_huge_and_tiny_finite_matrices_give_the_polar_factor(name, scale):
+  """Fault 1's kind, finite input: the Gram (eigh) or the Frobenius norm (newton_schulz,
+  polar_express) of entries ~1e20 overflowed to inf (NaN, or a zero update), and of ~1e-30
+  underflowed to 0; each matrix is now scaled exactly by a power of two first."""
+  g = conditioned(np.random.default_rng(10), 24, 8, kappa=4.0)
+  expected = np.asarray(ALL[name](jnp.asarray(g)))
+  o = np.asarray(ALL[name](jnp.asarray(g * scale, jnp.float32)))
+  np.testing.assert_allclose(o, expected, atol=1e-5)
+
+
+def test_bfloat16_round_off_directions_are_dropped():
+  """Fault 4: a rank-4 gradient x^T d computed in bfloat16 had ||U V^T||_F^2 = 16.0, not 4: the
+  default tolerance came from float32, not from the data's precision."""
+  x = jax.random.normal(jax.random.key(0), (4, 64), jnp.bfloat16)
+  d = jax.random.normal(jax.random.key(1), (4, 16), jnp.bfloat16)
+  g = x.T @ d
+  assert g.dtype == jnp.bfloat16
+  for name, method in EXACT.items():
+    o = np.asarray(method(g), np.float64)
+    assert abs(np.sum(o**2) - 4.0) < 0.5, name
+  # The same product in float32 is rank 4 to float32 precision already.
+  g32 = x.astype(jnp.float32).T @ d.astype(jnp.float32)
+  assert np.sum(np.asarray(polar.svd(g32), np.float64) ** 2) == pytest.approx(4.0, abs=1e-3)
+
+
+def test_bfloat16_keeps_a_genuine_small_direction():
+  """The bfloat16 rule drops rounding, not signal: a direction at 5 % of the largest survives."""
+  rng = np.random.default_rng(11)
+  u, _ = np.linalg.qr(rng.standard_normal((64, 3)))
+  v, _ = np.linalg.qr(rng.standard_normal((16, 3)))
+  g = jnp.asarray((u * np.array([1.0, 0.3, 0.05])) @ v.T, jnp.bfloat16)
+  assert polar.default_rtol((64, 16), jnp.float32, jnp.bfloat16) == pytest.approx(4 * 2**-7)
+  for name, method in EXACT.items():
+    o = np.asarray(method(g), np.float64)
+    assert np.sum(o**2) == pytest.approx(3.0, abs=0.1), name
+    np.testing.assert_allclose(o, u @ v.T, atol=0.05)
+
+
+def test_default_rtol_is_numpys_for_float32():
+  for shape in [(64, 16), (3, 3), (1000, 1)]:
+    assert polar.default_rtol(shape, jnp.float32, jnp.float32) == max(shape) * 2.0**-23
+  # Float32 data decomposed in float64 keeps float32's rounding bound, not float64's eps.
+  assert polar.default_rtol((64, 16), jnp.float64, jnp.float32) == 4 * 2.0**-23
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_rtol_may_be_a_traced_array(name):
+  """Fault 3's kind at the matrix level: rtol as an array, traced under jit."""
+  rng = np.random.default_rng(12)
+  u, _ = np.linalg.qr(rng.standard_normal((20, 3)))
+  v, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+  g = jnp.asarray((u * np.array([1.0, 0.5, 0.005])) @ v.T, jnp.float32)
+  method = EXACT[name]
+  out = jax.jit(lambda g, r: method(g, rtol=r))(g, jnp.asarray(0.01))
+  np.testing.assert_allclose(out, method(g, rtol=0.01), atol=1e-6)
+  assert np.sum(np.asarray(out, np.float64) ** 2) == pytest.approx(2.0, abs=1e-4)
+  # A traced rtol cannot be checked when traced; out of range it makes the result NaN.
+  assert bool(jnp.all(jnp.isnan(jax.jit(lambda g, r: method(g, rtol=r))(g, jnp.asarray(1.5)))))
+  with pytest.raises(ValueError, match="rtol"):
+    method(g, rtol=1.5)
+
+
+def test_steps_must_be_static():
+  with pytest.raises(ValueError, match="static_args"):
+    polar.newton_schulz(jnp.ones((4, 3)), steps=jnp.asarray(5))
+
+
+def test_auto_rules_say_what_they_were_measured_on():
+  for platform, rule in polar.AUTO_RULES.items():
+    assert isinstance(rule, polar.AutoRule) and rule.measured_on, platform
+
+
+def test_auto_uses_svd_on_a_platform_without_a_rule(monkeypatch):
+  """An unlisted backend gets svd at every shape (documented), not eigh at every shape."""
+  monkeypatch.setattr(orthax._src.polar, "AUTO_RULES", {})
+  text = jax.jit(lambda x: polar.auto(x)).lower(jnp.ones((64, 8))).as_text()  # A fresh trace.
+  assert "syevd" not in text and "gesdd" in text

@@ -618,3 +618,186 @@ def test_bfloat16_leaf_is_computed_in_float32(method):
   tx = jitted_update(method)  # compute_dtype=jnp.float32 is the default.
   out16, out32 = tx(grads16, optax.EmptyState())[0], tx(grads32, optax.EmptyState())[0]
   assert_trees_equal(out16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), out32))
+
+
+# A method is any callable (B, P, N) -> (B, P, N).
+
+
+def test_a_bound_orthax_method_equals_its_name_and_options():
+  grads = make_params()
+  by_name = update(orthax.orthogonalise_components("svd", rtol=0.5), grads)
+  by_callable = update(orthax.orthogonalise_components(
+      functools.partial(orthax.polar.svd, rtol=0.5)), grads)
+  assert_trees_equal(by_callable, by_name)
+
+
+def test_a_users_method_gets_stacks_in_the_compute_dtype():
+  seen = []
+
+  def flip(x):
+    seen.append((x.shape, x.dtype))
+    return -x
+
+  grads = make_params(dtype=jnp.bfloat16)
+  out = update(orthax.orthogonalise_components(flip), grads)
+  # Dense_0 and Dense_1 share a shape: one (2, 12, 5) stack; the conv kernel is (1, 18, 4).
+  assert set(seen) == {((1, 18, 4), jnp.dtype(jnp.float32)), ((2, 12, 5), jnp.dtype(jnp.float32))}
+  for layer in ("Dense_0", "Dense_1", "Conv_0"):
+    assert_trees_equal(out[layer]["kernel"], -grads[layer]["kernel"])
+  for layer, name in UNSELECTED:
+    assert_trees_equal(out[layer][name], grads[layer][name])
+
+
+def test_a_method_of_the_wrong_shape_fails_at_trace_time_naming_the_leaf():
+  tx = orthax.orthogonalise_components(lambda x: x[..., :1])
+  grads = make_params()
+  with pytest.raises(ValueError, match=r"\['Conv_0'\]\['kernel'\].*same shape"):
+    jax.jit(tx.update)(grads, tx.init(grads))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lars"])
+def test_aliases_take_a_callable_method(name):
+  alias = getattr(orthax, f"orthogonal_{name}")
+  method = functools.partial(orthax.polar.svd, rtol=0.5)
+  params, grads = make_params(0), make_params(1)
+  by_callable = update(alias(LR, method=method), grads, params)
+  by_orthogonaliser = update(
+      alias(LR, orthogonaliser=orthax.orthogonalise_components("svd", rtol=0.5)), grads, params)
+  assert_trees_equal(by_callable, by_orthogonaliser)
+
+
+# Faults from public bug reports (issue #12).
+
+
+def three_directions(p: int = 20) -> tuple[np.ndarray, np.ndarray]:
+  """A (p, 3) gradient with singular values 1, 0.5, 0.005, and its rank-2 polar factor."""
+  rng = np.random.default_rng(20)
+  u, _ = np.linalg.qr(rng.standard_normal((p, 3)))
+  v, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+  return ((u * np.array([1.0, 0.5, 0.005])) @ v.T).astype(np.float32), u[:, :2] @ v[:, :2].T
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_inject_hyperparams_rtol(method):
+  """Fault 3: inject_hyperparams(orthogonalise_components)(method="svd", rtol=0.01) failed at init
+  ("rtol must be None or a number in [0, 1), got rtol=Array(0.01...)"). Now it gives the static
+  rtol's update, rank 2, under jit, and the injected rtol can be changed."""
+  g, rank_two = three_directions()
+  grads = {"w": jnp.asarray(g), "b": jnp.ones(3)}
+  tx = optax.inject_hyperparams(orthax.orthogonalise_components)(method=method, rtol=0.01)
+  state = tx.init(grads)
+  step = jax.jit(tx.update)
+  out, state = step(grads, state)
+  static = update(orthax.orthogonalise_components(method, rtol=0.01), grads)
+  np.testing.assert_allclose(out["w"], static["w"], atol=1e-6)
+  np.testing.assert_allclose(out["w"], rank_two, atol=1e-5)
+  state.hyperparams["rtol"] = jnp.asarray(1e-3, jnp.float32)
+  out, _ = step(grads, state)
+  assert np.sum(np.asarray(out["w"], np.float64) ** 2) == pytest.approx(3.0, abs=1e-4)
+
+
+def test_inject_hyperparams_steps_must_be_static():
+  """steps sets the program's structure: injected as an array it is refused, naming the fix."""
+  grads = make_params()
+  with pytest.raises(ValueError, match="static_args"):
+    optax.inject_hyperparams(orthax.orthogonalise_components)(
+        method="newton_schulz", steps=3).init(grads)
+  tx = optax.inject_hyperparams(orthax.orthogonalise_components, static_args=("steps",))(
+      method="newton_schulz", steps=3)
+  out = jax.jit(tx.update)(grads, tx.init(grads))[0]
+  np.testing.assert_allclose(out["Dense_0"]["kernel"],
+                             orthax.polar.newton_schulz(grads["Dense_0"]["kernel"], steps=3),
+                             atol=1e-6)
+
+
+def test_bfloat16_gradient_keeps_only_its_rank():
+  """Fault 4: a rank-4 bf16 gradient x^T d gave ||U V^T||_F^2 = 16.0 (float32: 4.0), because the
+  tolerance came from the float32 compute dtype; now within 0.5 of 4, for every exact method."""
+  x = jax.random.normal(jax.random.key(0), (4, 64), jnp.bfloat16)
+  d = jax.random.normal(jax.random.key(1), (4, 16), jnp.bfloat16)
+  grads = {"w": x.T @ d}
+  for method in EXACT:
+    out = update(orthax.orthogonalise_components(method), grads)["w"]
+    assert out.dtype == jnp.bfloat16
+    assert abs(float(jnp.sum(out.astype(jnp.float32) ** 2)) - 4.0) < 0.5, method
+
+
+WRAPPED_LAYOUT = {"Dense_0": {"kernel": orthax.Layout(), "bias": None},
+                  "Dense_1": {"kernel": orthax.Layout()},
+                  "Conv_0": {"kernel": orthax.Layout(components=-1), "bias": None},
+                  "BatchNorm_0": {"scale": None, "bias": None}}
+WRAPPED_MASK = {"Dense_0": {"kernel": True, "bias": False}, "Dense_1": {"kernel": True},
+                "Conv_0": {"kernel": True, "bias": False},
+                "BatchNorm_0": {"scale": False, "bias": False}}
+
+
+def optax_wrapper(kind: str, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` on Dense_0 and Conv_0; the wrapper hides Dense_1 (a subtree) and BatchNorm_0."""
+  if kind == "masked":
+    return optax.masked(inner, {"Dense_0": True, "Dense_1": False, "Conv_0": True,
+                                "BatchNorm_0": False})
+  labels = {"Dense_0": {"kernel": "o", "bias": "o"}, "Dense_1": {"kernel": "s"},
+            "Conv_0": {"kernel": "o", "bias": "o"}, "BatchNorm_0": {"scale": "s", "bias": "s"}}
+  return getattr(optax, kind)({"o": inner, "s": optax.identity()}, labels)
+
+
+@pytest.mark.parametrize("kind", ["masked", "multi_transform", "partition"])
+@pytest.mark.parametrize("spec", ["layout", "mask"])
+def test_mask_and_layout_trees_inside_optax_wrappers(spec, kind):
+  """Fault 5: a mask or layout pytree failed at init inside optax.masked / multi_transform
+  ("The layout tree does not match the params"): the wrapper hands over MaskedNode placeholders.
+  Now it gives the callable form's update."""
+  grads = make_params()
+  tree = WRAPPED_LAYOUT if spec == "layout" else WRAPPED_MASK
+  as_tree = optax_wrapper(kind, orthax.orthogonalise_components("svd", **{spec: tree}))
+  if spec == "layout":
+    as_callable = orthax.orthogonalise_components(
+        "svd", layout=orthax.layout_by_path({"Conv_0": orthax.Layout(components=-1)}))
+  else:
+    as_callable = orthax.orthogonalise_components("svd", mask=orthax.masks.kernels)
+  expected = update(optax_wrapper(kind, as_callable), grads)
+  out = update(as_tree, grads)
+  assert_trees_equal(out, expected)
+  np.testing.assert_allclose(out["Conv_0"]["kernel"], conv_polar(grads["Conv_0"]["kernel"]),
+                             atol=1e-5)
+  assert_trees_equal(out["Dense_1"], grads["Dense_1"])
+
+
+def test_a_wrong_tree_inside_a_wrapper_still_names_the_mismatch():
+  tx = optax.masked(orthax.orthogonalise_components("svd", mask={"Dense_0": True}),
+                    {"Dense_0": True, "Dense_1": False, "Conv_0": True, "BatchNorm_0": False})
+  with pytest.raises(ValueError, match="mask tree does not match"):
+    tx.init(make_params())
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_huge_finite_gradient_is_orthogonalised(method):
+  """Fault 1's kind, finite input: entries ~1e20 overflowed the Gram or the norm (NaN or a zero
+  update); the update is that of the same gradient at unit scale."""
+  grads = make_params()
+  big = jax.tree.map(lambda g: g * 1e20, grads)
+  out, expected = update(orthax.orthogonalise_components(method), big), jitted_update(method)(
+      grads, optax.EmptyState())[0]
+  for layer in ("Dense_0", "Dense_1", "Conv_0"):
+    np.testing.assert_allclose(out[layer]["kernel"], expected[layer]["kernel"], atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [orthax.normalise, orthax.normalise_components])
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_normalise_huge_and_tiny_gradients(build, scale):
+  """The norm of entries ~1e20 overflowed to inf (a zero update) and of ~1e-25 underflowed to 0
+  (the gradient passed through unnormalised)."""
+  grads = make_params()
+  out = update(build(), jax.tree.map(lambda g: g * scale, grads))
+  expected = update(build(), grads)
+  for layer in ("Dense_0", "Conv_0"):
+    np.testing.assert_allclose(out[layer]["kernel"], expected[layer]["kernel"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("build", [orthax.normalise, orthax.normalise_components])
+def test_normalise_inf_gives_nan_for_that_matrix(build):
+  grads = make_params()
+  grads["Dense_0"]["kernel"] = grads["Dense_0"]["kernel"].at[0, 0].set(jnp.inf)
+  out = update(build(), grads)
+  assert bool(jnp.all(jnp.isnan(out["Dense_0"]["kernel"])))
+  assert bool(jnp.all(jnp.isfinite(out["Dense_1"]["kernel"])))

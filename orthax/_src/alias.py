@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import optax
 
-from orthax._src.transform import orthogonalise
+from orthax._src.components import MaskSpec
+from orthax._src.transform import Method, orthogonalise
 
 
 def _first_link(
-    method: Any, mask: Any, orthogonaliser: optax.GradientTransformation | None, alias: str
+    method: Method, mask: MaskSpec, orthogonaliser: optax.GradientTransformation | None, alias: str
 ) -> optax.GradientTransformation:
   """The alias's orthogonalising transformation: `orthogonaliser`, or one built from method/mask."""
   if orthogonaliser is None:
@@ -19,7 +18,7 @@ def _first_link(
     raise ValueError(
         f"{alias}(orthogonaliser=...) must be an optax.GradientTransformation such as "
         f"orthax.orthogonalise_components(...), got {orthogonaliser!r}.")
-  if method != "auto" or mask is not None:
+  if not (isinstance(method, str) and method == "auto") or mask is not None:
     raise ValueError(
         f"{alias}: pass either orthogonaliser=... or method/mask, not both; put method and mask "
         "into the orthogonaliser, e.g. orthax.orthogonalise_components(method, mask=mask).")
@@ -32,8 +31,8 @@ def orthogonal_sgd(
     *,
     nesterov: bool = False,
     weight_decay: float = 0.0,
-    method: str = "auto",
-    mask: Any = None,
+    method: Method = "auto",
+    mask: MaskSpec = None,
     orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """Orthogonal-SGDM, the paper's main optimiser.
@@ -48,7 +47,8 @@ def orthogonal_sgd(
     momentum: momentum coefficient, or None for plain SGD.
     nesterov: Nesterov momentum.
     weight_decay: L2 coefficient added to the orthogonalised gradient.
-    method: as in `orthax.orthogonalise_components`.
+    method: as in `orthax.orthogonalise_components`: a name, or a callable (B, P, N) ->
+      (B, P, N) with its options bound, e.g. `functools.partial(orthax.polar.svd, rtol=1e-2)`.
     mask: which leaves to orthogonalise (default: floating leaves with ndim >= 2).
     orthogonaliser: the orthogonalising transformation to use instead of
       `orthogonalise(method, mask=mask)`, e.g. `orthax.orthogonalise_components(method="svd",
@@ -72,8 +72,8 @@ def orthogonal_adam(
     eps: float = 1e-8,
     *,
     weight_decay: float = 0.0,
-    method: str = "auto",
-    mask: Any = None,
+    method: Method = "auto",
+    mask: MaskSpec = None,
     orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """Orthogonal-Adam as in the paper: U V^T, then L2 decay added to it, then Adam.
@@ -104,8 +104,8 @@ def orthogonal_adamw(
     eps: float = 1e-8,
     *,
     weight_decay: float = 1e-4,
-    method: str = "auto",
-    mask: Any = None,
+    method: Method = "auto",
+    mask: MaskSpec = None,
     orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """U V^T, then AdamW: decoupled decay `learning_rate * weight_decay * param`, outside Adam.
@@ -128,14 +128,14 @@ def orthogonal_lars(
     learning_rate: optax.ScalarOrSchedule,
     *,
     weight_decay: float = 0.0,
-    weight_decay_mask: Any = True,
+    weight_decay_mask: MaskSpec = True,
     trust_coefficient: float = 0.001,
     eps: float = 0.0,
-    trust_ratio_mask: Any = True,
+    trust_ratio_mask: MaskSpec = True,
     momentum: float = 0.9,
     nesterov: bool = False,
-    method: str = "auto",
-    mask: Any = None,
+    method: Method = "auto",
+    mask: MaskSpec = None,
     orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """Orthogonal LARS: U V^T on the selected kernels, then `optax.lars`.

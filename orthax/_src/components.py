@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Array = jax.Array
 
@@ -42,6 +43,14 @@ class Layout(NamedTuple):
 
   components: int | Sequence[int] = -1
   batch: int | Sequence[int] = ()
+
+
+MaskSpec = bool | Any | Callable[[Any], Any] | None
+"""`mask=`: one bool for every leaf, a pytree of bools with the params' structure, a callable
+params -> such a pytree, or None for `default_mask`."""
+LayoutSpec = Layout | Any | Callable[[Any], Any] | None
+"""`layout=`: one `Layout` for every leaf, a pytree of `Layout` (None for the default) with the
+params' structure, a callable params -> such a pytree, or None for `Layout()` everywhere."""
 
 
 def _axes(spec: int | Sequence[int], ndim: int, what: str, shape) -> tuple[int, ...]:
@@ -89,13 +98,42 @@ def matrix_view(shape: Sequence[int], layout: Layout) -> MatrixView:
   params = tuple(a for a in range(ndim) if a not in components and a not in batch)
   permutation = batch + params + components
   sizes = [math.prod(shape[a] for a in group) for group in (batch, params, components)]
-  return MatrixView(tuple(sizes), permutation, tuple(shape[a] for a in permutation))
+  return MatrixView((sizes[0], sizes[1], sizes[2]), permutation,
+                    tuple(shape[a] for a in permutation))
 
 
 def default_mask(x: Any) -> bool:
-  """The authors' rule: every floating parameter with two or more dimensions."""
+  """The authors' rule: every floating parameter with two or more dimensions.
+
+  The transformations apply it (and any mask callable) to each leaf as one layer, without the
+  axes that the leaf's layout marks as stacking layers (see `one_layer`).
+  """
   return bool(
       hasattr(x, "ndim") and x.ndim >= 2 and jnp.issubdtype(jnp.result_type(x), jnp.floating))
+
+
+def one_layer(x: Any, layout: Layout | None) -> Any:
+  """`x` as a mask sees it: with the layout's batch axes, which only stack layers, removed.
+
+  An nn.scan-stacked bias (layers, features) is then a 1-D bias and a stacked Dense kernel
+  (layers, in, out) a 2-D kernel, exactly as in the same model unrolled. Returns `x` itself when
+  the layout has no batch axes (or names axes `x` lacks: the layout check reports that), else a
+  `jax.ShapeDtypeStruct` of one layer.
+  """
+  if layout is None or not hasattr(x, "shape"):
+    return x
+  try:
+    batch = _axes(layout.batch, len(x.shape), "batch", x.shape)
+  except ValueError:
+    return x
+  if not batch:
+    return x
+  shape = tuple(size for axis, size in enumerate(x.shape) if axis not in batch)
+  return jax.ShapeDtypeStruct(shape, jnp.result_type(x))
+
+
+def _is_masked_node(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
 
 
 def _keys(tree: Any, is_leaf: Callable | None = None) -> list[str]:
@@ -127,8 +165,12 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   """The per-leaf values of a mask or layout spec, in the params' leaf order.
 
   `spec` is None (use `default(leaf)`), a single spec leaf for every parameter, a pytree of spec
-  leaves with the params' structure, or a callable params -> one of those.
+  leaves with the params' structure, or a callable params -> one of those. Wrappers such as
+  `optax.masked` and `optax.multi_transform` hand over params in which the leaves (or whole
+  subtrees) they leave out are `optax.MaskedNode`s; a spec for the whole params matches such a
+  tree, its values at those places being ignored (as optax's own `mask=` trees are).
   """
+  treedef: Any  # jax's PyTreeDef, whose stub the type checker cannot resolve.
   leaves, treedef = jax.tree_util.tree_flatten(params)
   if callable(spec) and not is_spec_leaf(spec):
     spec = spec(params)
@@ -137,9 +179,20 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   if is_spec_leaf(spec):
     return [spec] * len(leaves)
   spec_leaves, spec_treedef = jax.tree_util.tree_flatten(spec, is_leaf=is_spec_leaf)
-  if spec_treedef != treedef:
-    raise _mismatch(params, spec, what, is_spec_leaf)
-  return spec_leaves
+  if spec_treedef == treedef:
+    return spec_leaves
+  with_masked: Any
+  places, with_masked = jax.tree_util.tree_flatten(params, is_leaf=_is_masked_node)
+  if any(_is_masked_node(p) for p in places):
+    try:
+      values = with_masked.flatten_up_to(spec)
+    except (ValueError, TypeError):
+      values = None
+    if values is not None:
+      kept = [v for v, p in zip(values, places, strict=True) if not _is_masked_node(p)]
+      if all(is_spec_leaf(v) for v in kept):
+        return kept
+  raise _mismatch(params, spec, what, is_spec_leaf)
 
 
 def _names(key_path) -> tuple[str, ...]:

@@ -20,9 +20,10 @@ def kernels(params: Any) -> Any:
 def conv_kernels(params: Any) -> Any:
   """Floating leaves with ndim >= 3: convolution kernels only (the paper's Table 5 variant).
 
-  Dense kernels (2-D) and the classifier are left to the optimiser alone. A leaf stacked by
-  `nn.scan` gains a dimension, so a scanned Dense kernel counts as a conv kernel here: select
-  those by path with `exclude` instead.
+  Dense kernels (2-D) and the classifier are left to the optimiser alone. Inside orthax's
+  transformations a leaf stacked by `nn.scan` is seen as one layer (its layout's batch axes
+  removed), so a scanned Dense kernel is 2-D there, as unrolled; called on a params tree
+  directly, this counts every axis.
   """
   return jax.tree.map(lambda x: default_mask(x) and x.ndim >= 3, params)
 

@@ -7,17 +7,27 @@ singular values towards 1 using only matrix products.
 
 Conventions shared by every method:
 - a zero matrix maps to zero, and any non-finite entry makes the whole matrix NaN (so that
-  `optax.apply_if_finite` can skip the step);
+  `optax.apply_if_finite` can skip the step); no decomposition ever sees a non-finite entry
+  (LAPACK's SVD loops forever on one);
+- each matrix is first scaled by the power of two that puts its largest entry in [0.5, 1): exact,
+  and no result changes (the polar factor is scale-invariant), but Gram matrices and Frobenius
+  norms of very large or very small entries no longer overflow to inf or underflow to 0;
 - exact methods drop the directions whose singular value is at or below `rtol * max(S)` (the
-  numerical null space); `rtol=None` means `max(P, N) * eps`, as `numpy.linalg.matrix_rank` does;
+  numerical null space); `rtol=None` means `max(max(P, N) * eps, sqrt(min(P, N)) * eps_data)`
+  (see `default_rtol`);
+- matrices are decomposed in at least float32 (`compute_dtype`, default float32, may raise it);
 - P < N, P = N and N = 1 all work; the wide case is handled through its transpose.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import math
+import numbers
 import os
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,20 +45,69 @@ def _mT(x: Array) -> Array:
   return jnp.swapaxes(x, -1, -2)
 
 
-def _default_rtol(x: Array, rtol: float | None) -> float:
+def check_rtol(rtol: Any) -> Array | bool:
+  """Raises unless a concrete `rtol` is None or a number in [0, 1); for a traced one (e.g. from
+  `optax.inject_hyperparams` under `jax.jit`) returns whether it is, for the result to use."""
   if rtol is None:
-    return max(x.shape[-2], x.shape[-1]) * float(jnp.finfo(x.dtype).eps)
-  return float(rtol)
+    return True
+  if isinstance(rtol, jax.core.Tracer):
+    return (rtol >= 0) & (rtol < 1)
+  try:
+    value = float(rtol) if not isinstance(rtol, (bool, str)) and np.ndim(rtol) == 0 else None
+  except (TypeError, ValueError):
+    value = None
+  if value is None or not 0 <= value < 1:
+    raise ValueError(f"rtol must be None or a number in [0, 1), got {rtol=}.")
+  return True
+
+
+def check_steps(name: str, steps: Any) -> int:
+  """The iteration count as a Python int; it sets the program's structure, so it is static."""
+  if isinstance(steps, jax.Array):
+    raise ValueError(
+        f"{name}(steps=...) sets the number of iterations, which must be known when tracing; got "
+        f"the array {steps=}. Pass a Python int; with optax.inject_hyperparams, name it static: "
+        "inject_hyperparams(..., static_args=('steps',)).")
+  if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+    raise ValueError(f"{name}(steps=...) must be an integer >= 1, got {steps=}.")
+  return int(steps)
+
+
+def default_rtol(shape: tuple[int, ...], compute_dtype: Any, data_dtype: Any = None) -> float:
+  """The tolerance `rtol=None` stands for: max(max(P, N) eps, sqrt(min(P, N)) eps_data).
+
+  The first term is `numpy.linalg.matrix_rank`'s: round-off of the decomposition itself, in the
+  compute dtype. The second is the data's own rounding: a gradient computed in bfloat16 carries
+  an error E with |E_ij| <= eps_data |G_ij| / 2, so ||E||_2 <= ||E||_F <= eps_data ||G||_F / 2
+  <= sqrt(min(P, N)) eps_data max(S) / 2; a direction below that bound may be rounding alone, and
+  U V^T would give it full size. For float32 data the first term is the larger, so the rule is
+  numpy's; for bfloat16 data and a 64 x 16 matrix it is 0.031: every direction above 3.1 % of
+  the largest survives. `data_dtype` defaults to `compute_dtype`.
+  """
+  p, n = shape[-2], shape[-1]
+  data_dtype = compute_dtype if data_dtype is None else data_dtype
+  return max(max(p, n) * float(jnp.finfo(compute_dtype).eps),
+             math.sqrt(min(p, n)) * float(jnp.finfo(data_dtype).eps))
+
+
+def _default_rtol(x: Array, rtol: Any, data_dtype: Any = None) -> Any:
+  """`rtol` itself (a float or an array), or the default tolerance for `x` (see default_rtol)."""
+  if rtol is None:
+    return default_rtol(x.shape, x.dtype, data_dtype)
+  return rtol
 
 
 @functools.cache
-def _single_thread_cpu_lapack() -> None:
+def single_thread_cpu_lapack() -> None:
   """Runs the OpenBLAS that jaxlib's CPU LAPACK kernels call (SciPy's) on one thread.
 
   XLA already runs independent decompositions on its own thread pool; a multi-threaded OpenBLAS
-  under it oversubscribes the cores and its spinning workers stalled whole updates for 15-45 s
-  (measured on 2 cores; none with one thread). Only libraries shipped inside SciPy's wheel are
-  changed; set ORTHAX_LAPACK_THREADS to another count, or to `keep` to change nothing.
+  under it oversubscribes the cores, and its spinning workers stalled whole updates for seconds
+  (benchmarks/README.md; tests/test_cpu_hazards.py). orthax calls this once, before its first CPU
+  decomposition, so it is on by default; call it yourself to get the same setting for other code
+  (e.g. a benchmark's other LAPACK users). Only libraries shipped inside SciPy's wheel are
+  changed. The environment variable ORTHAX_LAPACK_THREADS sets another thread count, or `keep`
+  to change nothing. Later calls do nothing.
   """
   setting = os.environ.get("ORTHAX_LAPACK_THREADS", "1")
   if setting == "keep":
@@ -67,51 +126,94 @@ def _single_thread_cpu_lapack() -> None:
       lib.set_num_threads(int(setting))
 
 
+def _nan_where_not(ok: Array, tree: Any) -> Any:
+  """Each (B, ...) array of `tree` with NaN in the matrices where the (B,) `ok` is False."""
+  return jax.tree.map(
+      lambda o: jnp.where(ok.reshape(ok.shape + (1,) * (o.ndim - 1)), o, jnp.nan), tree)
+
+
 def _map_matrices(fn: Callable, x: Array):
-  """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack.
+  """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack; never to a non-finite one.
+
+  A matrix with a non-finite entry is replaced by zeros before the call (LAPACK's SVD never
+  returns on inf or NaN) and every output of `fn` for it is NaN.
 
   On CPU each matrix is its own LAPACK call, in a `lax.map` loop. A batched call would let jaxlib
   (0.10 and older) split the batch over XLA's CPU thread pool and block a pool thread waiting for
-  it; a few such calls running at once in one program exhaust the pool and deadlock (measured:
-  ResNet-50's 21 shape groups hung every run). Other backends get the batched call.
+  it; a few such calls running at once in one program exhaust the pool and deadlock (ResNet-50's
+  21 shape groups hung: tests/test_cpu_hazards.py). Other backends get the batched call.
   """
   if jax.default_backend() == "cpu":
-    _single_thread_cpu_lapack()
-  return jax.lax.platform_dependent(
-      x, cpu=lambda x: jax.lax.map(fn, x), default=jax.vmap(fn))
+    single_thread_cpu_lapack()
+  finite = jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
+  safe = jnp.where(finite.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+  out = jax.lax.platform_dependent(
+      safe, cpu=lambda x: jax.lax.map(fn, x), default=jax.vmap(fn))
+  return _nan_where_not(finite, out)
 
 
-def _flat(fn: Callable[[Array], Array]) -> Callable[[Array], Array]:
-  """Lifts fn on a (B, P, N) stack to any (..., P, N) array, with NaN for non-finite matrices."""
+def scale_to_unit(x: Array) -> Array:
+  """Each (B, P, N) matrix times the power of two that puts its largest |entry| in [0.5, 1).
+
+  Exact (a power of two; XLA flushes subnormals to zero anyway); zero stays zero. Two factors,
+  since a single 2^k need not be representable (k up to 149 in float32).
+  """
+  biggest = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+  _, exponent = jnp.frexp(biggest)
+  first = -exponent // 2
+  one = jnp.ones((), x.dtype)
+  return x * jnp.ldexp(one, first) * jnp.ldexp(one, -exponent - first)
+
+
+def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
+  """Lifts fn on a (B, P, N) stack to any (..., P, N) array, following the module's conventions.
+
+  The wrapped function also takes `compute_dtype` (decompose in at least this and float32) and,
+  where fn takes `rtol` or `steps`, checks them and resolves `rtol=None` from the precision of
+  `x` itself (the data) before `x` is cast to the compute dtype.
+  """
+  signature = inspect.signature(fn)
 
   @functools.wraps(fn)
-  def wrapped(x: Array, *args, **kwargs) -> Array:
+  def wrapped(x: Array, *args, compute_dtype: Any = jnp.float32, **kwargs) -> Array:
     if x.ndim < 2:
       raise ValueError(f"{fn.__name__} expects an array of shape (..., P, N), got {x.shape=}.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{fn.__name__} expects a floating array, got {x.dtype=}.")
     batch = x.shape[:-2]
     # LAPACK has no half-precision kernels: decompose in at least float32.
-    flat = x.reshape((-1,) + x.shape[-2:]).astype(jnp.promote_types(x.dtype, jnp.float32))
+    dtype = jnp.promote_types(jnp.promote_types(x.dtype, compute_dtype), jnp.float32)
+    flat = x.reshape((-1,) + x.shape[-2:]).astype(dtype)
     if flat.shape[0] == 0 or flat.shape[1] == 0 or flat.shape[2] == 0:
       return x
-    out = fn(flat, *args, **kwargs)
-    finite = jnp.all(jnp.isfinite(flat), axis=(-2, -1), keepdims=True)
-    out = jnp.where(finite, out, jnp.nan)
+    ok = jnp.all(jnp.isfinite(flat), axis=(-2, -1))
+    flat = scale_to_unit(jnp.where(ok[:, None, None], flat, 0))
+    if "steps" in kwargs:
+      kwargs["steps"] = check_steps(fn.__name__, kwargs["steps"])
+    if "rtol" in signature.parameters:
+      ok = ok & check_rtol(kwargs.get("rtol"))
+      kwargs["rtol"] = _default_rtol(flat, kwargs.get("rtol"), x.dtype)
+    out = _nan_where_not(ok, fn(flat, *args, **kwargs))
     return out.reshape(batch + x.shape[-2:]).astype(x.dtype)
 
+  wrapped.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+      *signature.parameters.values(),
+      inspect.Parameter("compute_dtype", inspect.Parameter.KEYWORD_ONLY, default=jnp.float32)])
   return wrapped
 
 
 @_flat
-def svd(x: Array, *, rtol: float | None = None) -> Array:
+def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
   """Exact polar factor U V^T by singular value decomposition (the paper's method).
 
   Args:
     x: array of shape (..., P, N).
     rtol: singular values at or below `rtol * max(S)` are treated as zero and their directions
-      dropped. `None` (default) drops only the numerical null space, `max(P, N) * eps`; `0.0`
-      keeps every direction with a nonzero singular value.
+      dropped. `None` (default) drops only what round-off can explain, `default_rtol`: the
+      numerical null space and, for data of low precision (bfloat16), what its rounding may
+      have made; `0.0` keeps every direction with a nonzero singular value. A number in [0, 1),
+      or an array (possibly traced; outside [0, 1) it makes the result NaN).
+    compute_dtype: decompose in at least this dtype (and float32). The result has `x`'s dtype.
 
   Returns:
     An array like `x` whose matrices have orthonormal columns (P >= N) or rows (P < N) on the
@@ -292,7 +394,49 @@ def polar_express(x: Array, *, steps: int = 5) -> Array:
   return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)))
 
 
+class AutoRule(NamedTuple):
+  """Where `auto` switches from `svd` to `eigh` on one backend, and what that was measured on."""
+
+  eigh_aspect: float  # `eigh` when max(P, N) / min(P, N) is at least this, else `svd`.
+  measured_on: str
+
+
+AUTO_RULES: dict[str, AutoRule] = {
+    "cpu": AutoRule(2.0, "x86_64, 2 cores, jax 0.10.2, 2026-11-28: "
+                         "benchmarks/results/matrix_methods.md"),
+}
+"""`auto`'s rule per backend (JAX platform name), each with the measurement it comes from.
+
+A backend without a row gets `svd` for every shape: exact, with no conditioning limit and no
+fallback, so it never pays for a second decomposition; only the unmeasured speed-up of `eigh`
+is forgone. Measure with `python -m benchmarks.suite` and add a row to change that.
+"""
+
+
+def auto(x: Array, *, rtol: Any = None, compute_dtype: Any = jnp.float32) -> Array:
+  """The fast exact polar factor for this backend and shape: `eigh` or `svd`.
+
+  Chosen per platform at lowering time from `AUTO_RULES` and per shape at trace time: `eigh`
+  when the matrix is at least `AUTO_RULES[platform].eigh_aspect` times longer than it is wide,
+  else `svd`; `svd` on a platform without a rule.
+
+  Args:
+    x: array of shape (..., P, N).
+    rtol: as in `svd`.
+    compute_dtype: as in `svd`.
+  """
+  ratio = max(x.shape[-2:]) / max(1, min(x.shape[-2:]))
+
+  def pick(eigh_aspect: float) -> Callable[[Array], Array]:
+    method = eigh if ratio >= eigh_aspect else svd
+    return lambda x: method(x, rtol=rtol, compute_dtype=compute_dtype)
+
+  per_platform = {platform: pick(rule.eigh_aspect) for platform, rule in AUTO_RULES.items()}
+  return jax.lax.platform_dependent(x, default=pick(math.inf), **per_platform)
+
+
 METHODS: dict[str, Callable[..., Array]] = {
+    "auto": auto,
     "svd": svd,
     "eigh": eigh,
     "newton_schulz": newton_schulz,

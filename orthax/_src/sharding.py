@@ -58,7 +58,7 @@ def cost(p: int, n: int) -> int:
   return min(p, n) ** 2 * max(p, n)
 
 
-def assign(counts: Sequence[tuple[int, int, int]], devices: int) -> list[list[list[int]]]:
+def assign(counts: Sequence[Sequence[int]], devices: int) -> list[list[list[int]]]:
   """Deals whole matrices to devices so that each device's share of the work is about equal.
 
   Args:
@@ -71,7 +71,7 @@ def assign(counts: Sequence[tuple[int, int, int]], devices: int) -> list[list[li
     within 4/3 of the best possible balance). No split of one matrix is possible, so the
     largest matrix bounds the gain.
   """
-  table = [[[] for _ in counts] for _ in range(devices)]
+  table: list[list[list[int]]] = [[[] for _ in counts] for _ in range(devices)]
   load = [0] * devices
   order = sorted(((cost(p, n), g, i) for g, (b, p, n) in enumerate(counts) for i in range(b)),
                  key=lambda item: (-item[0], item[1], item[2]))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -15,16 +16,17 @@ import optax
 from orthax._src import components as components_lib
 from orthax._src import polar
 from orthax._src import sharding as sharding_lib
+from orthax._src.components import LayoutSpec, MaskSpec
 
 Array = jax.Array
-MatrixFn = Callable[[Array], Array]  # (B, P, N) -> (B, P, N)
+MatrixFn = Callable[[Array], Array]
+"""A method as a function: a (B, P, N) stack of matrices to a (B, P, N) stack."""
+MethodName = Literal["auto", "svd", "eigh", "newton_schulz", "polar_express"]
+Method = MethodName | MatrixFn
+"""A method's name (with `rtol`/`steps` given beside it), or the matrix function itself."""
+StepScale = Literal["muon", "rms"] | None
 
-EXACT_METHODS = ("auto", "svd", "eigh")
-APPROXIMATE_METHODS = ("newton_schulz", "polar_express")
 STEP_SCALES = (None, "muon", "rms")
-# `eigh` beats `svd` on CPU from an aspect ratio of about 1.5 (measured: 0.84x the time at 128 x 64,
-# 0.26x at 1152 x 128, 2x at square shapes). GPU and TPU use the same rule until measured there.
-AUTO_EIGH_ASPECT = {"cpu": 2.0, "cuda": 2.0, "rocm": 2.0, "tpu": 2.0}
 
 
 def _is_mask_leaf(x: Any) -> bool:
@@ -36,37 +38,79 @@ def _is_layout_leaf(x: Any) -> bool:
   return x is None or isinstance(x, components_lib.Layout)
 
 
+def _takes_compute_dtype(fn: Callable) -> bool:
+  """Whether `fn` decides its own precision (orthax's methods do: see `orthax.polar`)."""
+  try:
+    return "compute_dtype" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def _finite_only(fn: MatrixFn) -> MatrixFn:
+  """`fn` that never sees a matrix with a non-finite entry; such a matrix's result is all NaN.
+
+  A user's method may call LAPACK, whose SVD never returns on inf or NaN; orthax's own methods
+  guard themselves as well (`orthax.polar`)."""
+
+  def guarded(x: Array) -> Array:
+    finite = jnp.all(jnp.isfinite(x), axis=(-2, -1), keepdims=True)
+    return jnp.where(finite, fn(jnp.where(finite, x, 0)), jnp.nan)
+
+  return guarded
+
+
 def _component_transform(
     matrix_fn: MatrixFn,
     *,
-    mask: Any,
-    layout: Any,
+    mask: MaskSpec,
+    layout: LayoutSpec,
     compute_dtype: Any,
     step_scale: Callable[[int, int], float] | None = None,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
+    check_shapes: bool = False,
 ) -> optax.GradientTransformation:
   """Applies `matrix_fn` to the (B, P, N) component matrices of the leaves that `mask` selects.
 
-  Leaves whose matrices share (P, N) and compute dtype are stacked and transformed in one call,
-  so a model with many layers of a few shapes compiles to a few batched decompositions. With a
-  `mesh`, the matrices are dealt out to its devices. Every update has its gradient's sharding.
+  Leaves whose matrices share (P, N) and dtype are stacked and transformed in one call, so a
+  model with many layers of a few shapes compiles to a few batched decompositions. A `matrix_fn`
+  that takes `compute_dtype` gets each stack in its gradient's own dtype (so that it can take
+  its tolerance from the data's precision); any other gets it cast to at least `compute_dtype`.
+  With a `mesh`, the matrices are dealt out to its devices. Every update has its gradient's
+  sharding.
   """
-  def apply(stacks: list[Array]) -> list[Array]:
-    return [matrix_fn(x) for x in stacks]
+  fn: MatrixFn
+  if _takes_compute_dtype(matrix_fn):
+    own_precision: Callable[..., Array] = matrix_fn
+    fn = functools.partial(own_precision, compute_dtype=compute_dtype)
 
-  if mesh is not None:
-    apply = sharding_lib.distribute(matrix_fn, mesh)
+    def stack_dtype(dtype):
+      return dtype
+  else:
+    fn = matrix_fn
 
-  def plan(tree: Any) -> list[components_lib.MatrixView | None]:
-    """Per leaf: its matrix view, or None when the leaf passes through unchanged."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    paths, leaves = [p for p, _ in flat], [x for _, x in flat]
-    selected = components_lib.resolve_tree(
-        mask, tree, "mask", components_lib.default_mask, _is_mask_leaf)
+    def stack_dtype(dtype):
+      return jnp.promote_types(dtype, compute_dtype)
+
+  guarded = _finite_only(fn)
+
+  apply: Callable[[list[Array]], list[Array]]
+  if mesh is None:
+    apply = lambda stacks: [guarded(x) for x in stacks]  # noqa: E731
+  else:
+    apply = sharding_lib.distribute(guarded, mesh)
+
+  def plan(tree: Any) -> tuple[list[str], list[components_lib.MatrixView | None]]:
+    """Per leaf: its path, and its matrix view or None when it passes through unchanged."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths, leaves = [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
     layouts = components_lib.resolve_tree(layout, tree, "layout", lambda _: None, _is_layout_leaf)
-    views = []
-    for key_path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
-      path = jax.tree_util.keystr(key_path)
+    # The mask sees each leaf as one layer: the axes that only stack layers do not count.
+    layers = jax.tree_util.tree_unflatten(
+        treedef, [components_lib.one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
+    selected = components_lib.resolve_tree(
+        mask, layers, "mask", components_lib.default_mask, _is_mask_leaf)
+    views: list[components_lib.MatrixView | None] = []
+    for path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
       if not bool(chosen):
         views.append(None)
         continue
@@ -79,7 +123,15 @@ def _component_transform(
             jnp.shape(leaf), leaf_layout or components_lib.Layout()))
       except ValueError as e:
         raise ValueError(f"Parameter {path}: {e}") from None
-    return views
+    return paths, views
+
+  def check(stack: Array, names: list[str]) -> None:
+    got = jax.eval_shape(fn, stack)
+    if getattr(got, "shape", None) != stack.shape:
+      raise ValueError(
+          f"The method returned {getattr(got, 'shape', type(got).__name__)} for the (B, P, N) = "
+          f"{stack.shape} stack of {', '.join(names)}; a method must map each (B, P, N) array "
+          "to one of the same shape.")
 
   def init_fn(params):
     plan(params)  # Validates mask and layout against the params now rather than at first update.
@@ -88,17 +140,19 @@ def _component_transform(
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree_util.tree_flatten(updates)
-    views = plan(updates)
+    paths, all_views = plan(updates)
+    views = {i: view for i, view in enumerate(all_views) if view is not None and leaves[i].size}
     groups: dict[tuple, list[int]] = {}
-    for i, (leaf, view) in enumerate(zip(leaves, views, strict=True)):
-      if view is not None and leaf.size:
-        dtype = jnp.promote_types(leaf.dtype, compute_dtype)
-        groups.setdefault((view.shape[1:], dtype), []).append(i)
+    for i, view in views.items():
+      groups.setdefault((view.shape[1:], jnp.dtype(leaves[i].dtype)), []).append(i)
     out = list(leaves)
     stacks = []
     for (_, dtype), members in groups.items():
-      parts = [views[i].matrices(sharding_lib.gather(leaves[i])).astype(dtype) for i in members]
+      parts = [views[i].matrices(sharding_lib.gather(leaves[i])).astype(stack_dtype(dtype))
+               for i in members]
       stacks.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
+      if check_shapes:
+        check(stacks[-1], [paths[i] for i in members])
     for key, result in zip(groups, apply(stacks), strict=True):
       (p, n), _ = key
       if step_scale is not None:
@@ -112,61 +166,56 @@ def _component_transform(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _check_compute_dtype(compute_dtype: Any) -> None:
+def _compute_dtype(compute_dtype: Any) -> np.dtype:
+  """The compute dtype as a numpy dtype; None is float32."""
+  if compute_dtype is None:
+    return np.dtype(np.float32)
+  if isinstance(compute_dtype, jax.Array):
+    raise ValueError(
+        f"compute_dtype must be a dtype, got the array {compute_dtype!r}. Under "
+        "optax.inject_hyperparams a dtype such as jnp.float64 is callable and is taken for a "
+        "schedule: give its name (compute_dtype='float64') or list it in static_args.")
   try:
-    floating = jnp.issubdtype(compute_dtype, jnp.floating)
+    dtype = np.dtype(compute_dtype)
+    floating = bool(jnp.issubdtype(dtype, jnp.floating))
   except TypeError:
     floating = False
   if not floating:
     raise ValueError(
         f"compute_dtype must be a floating dtype such as jnp.float32, got {compute_dtype!r}.")
+  return dtype
 
 
-def _method_fn(method: str, rtol: float | None, steps: int | None) -> MatrixFn:
-  legal = EXACT_METHODS + APPROXIMATE_METHODS
-  if method not in legal:
-    raise ValueError(f"method must be one of {legal}, got {method!r}.")
-  if method in EXACT_METHODS:
-    if steps is not None:
+def _method_fn(method: Method, rtol: Any, steps: Any) -> MatrixFn:
+  """The matrix function: a callable as given, or the named `orthax.polar` method with `rtol`
+  and `steps` bound (an option the method does not take is an error)."""
+  options = {name: value for name, value in (("rtol", rtol), ("steps", steps))
+             if value is not None}
+  if callable(method):
+    if options:
       raise ValueError(
-          f"steps applies to the iterative methods {APPROXIMATE_METHODS}; method={method!r} is "
-          "exact. Drop steps, or choose an iterative method.")
-    if rtol is not None and not (
-        isinstance(rtol, numbers.Real) and not isinstance(rtol, bool) and 0 <= rtol < 1):
-      raise ValueError(f"rtol must be None or a number in [0, 1), got {rtol=}.")
-    rtol = None if rtol is None else float(rtol)
-    if method == "auto":
-      return lambda x: auto(x, rtol=rtol)
-    return lambda x: polar.METHODS[method](x, rtol=rtol)
-  if rtol is not None:
+          f"{' and '.join(options)} go with a method name; bind them into a callable method "
+          "instead, e.g. method=functools.partial(orthax.polar.svd, rtol=1e-2).")
+    return method
+  if not isinstance(method, str) or method not in polar.METHODS:
     raise ValueError(
-        f"rtol (rank-aware truncation) needs an exact method {EXACT_METHODS}; method={method!r} "
-        "cannot drop directions. Drop rtol, or choose method='svd' or 'eigh'.")
-  steps = 5 if steps is None else steps
-  if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-    raise ValueError(f"{method}(steps=...) must be an integer >= 1, got {steps=}.")
-  steps = int(steps)
-  return lambda x: polar.METHODS[method](x, steps=steps)
+        f"method must be one of {tuple(polar.METHODS)} or a callable (B, P, N) -> (B, P, N), "
+        f"got {method!r}.")
+  fn = polar.METHODS[method]
+  for name in options:
+    if name not in inspect.signature(fn).parameters:
+      takers = tuple(m for m, f in polar.METHODS.items() if name in inspect.signature(f).parameters)
+      raise ValueError(
+          f"method={method!r} takes no {name}; {name} applies to {takers}. Drop {name}, or choose "
+          "one of those.")
+  if "rtol" in options:
+    polar.check_rtol(rtol)
+  if "steps" in options:
+    options["steps"] = polar.check_steps(method, steps)
+  return functools.partial(fn, **options)
 
 
-def auto(x: Array, *, rtol: float | None = None) -> Array:
-  """The fast exact polar factor for this backend and shape: `eigh` or `svd`.
-
-  Chosen per platform at lowering time and per shape at trace time: `eigh` when the matrix is at
-  least `AUTO_EIGH_ASPECT[platform]` times longer than it is wide, else `svd`.
-  """
-  ratio = max(x.shape[-2:]) / max(1, min(x.shape[-2:]))
-
-  def pick(platform: str) -> Callable[[Array], Array]:
-    if ratio >= AUTO_EIGH_ASPECT.get(platform, 1.0):
-      return lambda x: polar.eigh(x, rtol=rtol)
-    return lambda x: polar.svd(x, rtol=rtol)
-
-  per_platform = {p: pick(p) for p in AUTO_EIGH_ASPECT}
-  return jax.lax.platform_dependent(x, default=pick("default"), **per_platform)
-
-
-def _step_scale_fn(step_scale: str | None) -> Callable[[int, int], float] | None:
+def _step_scale_fn(step_scale: StepScale) -> Callable[[int, int], float] | None:
   if step_scale not in STEP_SCALES:
     raise ValueError(
         f"step_scale must be one of {STEP_SCALES}: None keeps the paper's U V^T, 'muon' scales by "
@@ -179,14 +228,14 @@ def _step_scale_fn(step_scale: str | None) -> Callable[[int, int], float] | None
 
 
 def orthogonalise_components(
-    method: str = "auto",
+    method: Method = "auto",
     *,
-    mask: Any = None,
-    layout: Any = None,
-    rtol: float | None = None,
+    mask: MaskSpec = None,
+    layout: LayoutSpec = None,
+    rtol: float | Array | None = None,
     steps: int | None = None,
-    step_scale: str | None = None,
-    compute_dtype: Any = jnp.float32,
+    step_scale: StepScale = None,
+    compute_dtype: Any = None,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
 ) -> optax.GradientTransformation:
   """Replaces each selected layer's gradient G (P x N, one column per component) by U V^T.
@@ -196,27 +245,41 @@ def orthogonalise_components(
   U V^T, so every direction the gradient spans moves at the same rate and components learn
   distinct features; any first-order optimiser chained after it then uses the result.
 
+  Under `optax.inject_hyperparams`, `rtol` may be injected (it arrives as an array); optax takes
+  every callable argument (a method, a mask or layout callable, a dtype object) for a schedule,
+  so list those in `static_args`.
+
   Args:
-    method: `'auto'` (default; the fast exact route for the backend and shape), `'svd'` (exact,
-      the paper's), `'eigh'` (exact, via the Gram matrix), `'newton_schulz'` (Muon's quintic
-      iteration, approximate) or `'polar_express'` (approximate, converging).
+    method: the name of an `orthax.polar` method: `'auto'` (default; the fast exact route for
+      the backend and shape), `'svd'` (exact, the paper's), `'eigh'` (exact, via the Gram
+      matrix), `'newton_schulz'` (Muon's quintic iteration, approximate) or `'polar_express'`
+      (approximate, converging); or any callable from a (B, P, N) array to a (B, P, N) array,
+      such as `functools.partial(orthax.polar.svd, rtol=1e-2)` or one of your own. A callable
+      that takes a `compute_dtype` keyword (orthax's methods do) gets each stack in its
+      gradient's own dtype and `compute_dtype`; any other gets the stack cast to at least
+      `compute_dtype`. Either way it never sees a matrix with a non-finite entry: that matrix's
+      update is all NaN.
     mask: which leaves to orthogonalise: a pytree of bools with the params' structure, a single
       bool, or a callable params -> such a tree (see `orthax.masks`). Default: every floating
-      leaf with ndim >= 2, the authors' rule.
+      leaf with two or more dimensions, the authors' rule. Both count a leaf's dimensions
+      without its layout's batch axes: a callable mask is given each stacked leaf as one layer
+      (a `jax.ShapeDtypeStruct`), so an `nn.scan`-stacked bias stays a bias.
     layout: how a leaf is viewed as matrices: an `orthax.Layout` for all leaves, a pytree of
       `Layout` (or None for the default) with the params' structure, or a callable params ->
       such a tree. Default `Layout()`: the last axis indexes components.
-    rtol: exact methods only: singular values at or below `rtol * max(S)` are dropped (rank-aware
-      update). Default None drops only the numerical null space (`max(P, N) * eps`): there U V^T
-      is round-off, not signal, e.g. the direction the softmax classifier's gradient never has.
-      At batch size B a dense gradient has rank <= B; the default already drops the rest. (At
-      batch 4, orthogonalising BasicCNN's classifier collapsed training even with rtol=0.01;
-      orthogonalising conv kernels only did not: examples/README.md.)
-    steps: iterations of the approximate methods (default 5).
+    rtol: shorthand for the named method's `rtol` (exact methods only): singular values at or
+      below `rtol * max(S)` are dropped (rank-aware update). Default None drops only what
+      round-off can explain (`orthax.polar.default_rtol`): the numerical null space, and for
+      bfloat16 gradients the directions their own rounding may have made; there U V^T is not
+      signal, e.g. the direction the softmax classifier's gradient never has. At batch size B a
+      dense gradient has rank <= B; the default already drops the rest. May be an array (e.g.
+      from `optax.inject_hyperparams`); a traced value outside [0, 1) makes the update NaN.
+    steps: shorthand for the named approximate method's `steps` (default 5). A Python int: it
+      sets the program's structure (with `optax.inject_hyperparams`, list it in `static_args`).
     step_scale: None (the paper: U V^T as is), `'muon'` (times sqrt(max(1, N / P)), Muon's
       fan-out/fan-in rule) or `'rms'` (times 0.2 * sqrt(max(P, N)), matching AdamW's update RMS).
     compute_dtype: dtype of the decomposition (at least this precise: float64 leaves stay
-      float64); updates come back in each leaf's own dtype.
+      float64); None (default) is float32. Updates come back in each leaf's own dtype.
     mesh: a `jax.sharding.Mesh` to split the work over. Default None: under `jax.jit` on a mesh
       every device decomposes every matrix (each needs whole matrices: sharded gradients are
       gathered first). With a mesh, each shape group's matrices are divided among all of the
@@ -242,17 +305,18 @@ def orthogonalise_components(
   """
   matrix_fn = _method_fn(method, rtol, steps)
   scale = _step_scale_fn(step_scale)
-  _check_compute_dtype(compute_dtype)
+  compute_dtype = _compute_dtype(compute_dtype)
   if mesh is not None and not isinstance(
       mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
     raise ValueError(
         f"mesh must be a jax.sharding.Mesh (e.g. from jax.make_mesh) or None, got {mesh!r}.")
   return _component_transform(
       matrix_fn, mask=mask, layout=layout, compute_dtype=compute_dtype, step_scale=scale,
-      mesh=mesh)
+      mesh=mesh, check_shapes=callable(method))
 
 
-def orthogonalise(method: str = "auto", *, mask: Any = None) -> optax.GradientTransformation:
+def orthogonalise(method: Method = "auto", *, mask: MaskSpec = None
+                  ) -> optax.GradientTransformation:
   """The paper's orthogonalisation: `orthogonalise_components` with its defaults.
 
   Every floating leaf with ndim >= 2 (conv kernels flattened per output filter, dense kernels)
@@ -269,13 +333,16 @@ def orthogonalise(method: str = "auto", *, mask: Any = None) -> optax.GradientTr
   return orthogonalise_components(method, mask=mask)
 
 
-def _safe_normalise(x: Array, axis) -> Array:
+def _safe_normalise(x: Array, axis: int | tuple[int, int]) -> Array:
+  """x over its norm along `axis`; zero stays zero. Scaled first (exactly, by a power of two) so
+  that the norm of very large or very small entries neither overflows nor underflows."""
+  x = polar.scale_to_unit(x)
   norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
   return x / jnp.where(norm > 0, norm, 1)
 
 
 def normalise(
-    *, mask: Any = None, layout: Any = None, compute_dtype: Any = jnp.float32
+    *, mask: MaskSpec = None, layout: LayoutSpec = None, compute_dtype: Any = None
 ) -> optax.GradientTransformation:
   """Divides each selected layer's gradient by its Frobenius norm (the paper's N-SGDM ablation).
 
@@ -287,14 +354,14 @@ def normalise(
     layout: as in `orthogonalise_components`; with a batch axis, each matrix is normalised alone.
     compute_dtype: as in `orthogonalise_components`.
   """
-  _check_compute_dtype(compute_dtype)
+  compute_dtype = _compute_dtype(compute_dtype)
   return _component_transform(
       lambda x: _safe_normalise(x, (-2, -1)), mask=mask, layout=layout,
       compute_dtype=compute_dtype)
 
 
 def normalise_components(
-    *, mask: Any = None, layout: Any = None, compute_dtype: Any = jnp.float32
+    *, mask: MaskSpec = None, layout: LayoutSpec = None, compute_dtype: Any = None
 ) -> optax.GradientTransformation:
   """Scales each component's gradient (each column of G) to unit norm (the CN-SGDM ablation).
 
@@ -306,6 +373,6 @@ def normalise_components(
     layout: as in `orthogonalise_components`.
     compute_dtype: as in `orthogonalise_components`.
   """
-  _check_compute_dtype(compute_dtype)
+  compute_dtype = _compute_dtype(compute_dtype)
   return _component_transform(
       lambda x: _safe_normalise(x, -2), mask=mask, layout=layout, compute_dtype=compute_dtype)
