@@ -7,6 +7,8 @@ from orthax._src.alias import orthogonal_adam as orthogonal_adam
 from orthax._src.alias import orthogonal_adamw as orthogonal_adamw
 from orthax._src.alias import orthogonal_lars as orthogonal_lars
 from orthax._src.alias import orthogonal_sgd as orthogonal_sgd
+from orthax._src.attention import attention_layout as attention_layout
+from orthax._src.attention import group_heads as group_heads
 from orthax._src.components import Layout as Layout
 from orthax._src.components import layout_by_path as layout_by_path
 from orthax._src.transform import normalise as normalise
@@ -18,7 +20,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Layout",
+    "attention_layout",
     "diagnostics",
+    "group_heads",
     "layout_by_path",
     "masks",
     "normalise",
