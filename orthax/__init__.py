@@ -11,6 +11,9 @@ from orthax._src.attention import attention_layout as attention_layout
 from orthax._src.attention import group_heads as group_heads
 from orthax._src.components import Layout as Layout
 from orthax._src.components import layout_by_path as layout_by_path
+from orthax._src.muon import MuonMomentumState as MuonMomentumState
+from orthax._src.muon import muon as muon
+from orthax._src.muon import muon_momentum as muon_momentum
 from orthax._src.transform import normalise as normalise
 from orthax._src.transform import normalise_components as normalise_components
 from orthax._src.transform import orthogonalise as orthogonalise
@@ -20,11 +23,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Layout",
+    "MuonMomentumState",
     "attention_layout",
     "diagnostics",
     "group_heads",
     "layout_by_path",
     "masks",
+    "muon",
+    "muon_momentum",
     "normalise",
     "normalise_components",
     "orthogonal_adam",
