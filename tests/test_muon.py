@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from optax.contrib import MuonDimensionNumbers
 
 import orthax
@@ -184,6 +185,35 @@ def test_group_heads_and_inject_hyperparams():
   state.hyperparams["learning_rate"] = jnp.asarray(0.0)
   updates, _ = jax.jit(tx.update)(grads, state, params)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+
+
+class NnxLM(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.wte = nnx.Embed(VOCAB, EMBED, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(HEADS, EMBED, decode=False, rngs=rngs)
+    self.lm_head = nnx.Linear(EMBED, VOCAB, rngs=rngs)
+
+  def __call__(self, tokens):
+    x = self.wte(tokens)
+    return self.lm_head(x + self.attn(x))
+
+
+def test_nnx_optimizer_with_per_head_polar_express():
+  model = NnxLM(nnx.Rngs(0))
+  tx = orthax.muon(0.02, method="polar_express", layout=orthax.attention_layout("heads"))
+  optimizer = nnx.Optimizer(model, optax.MultiSteps(tx, every_k_schedule=1), wrt=nnx.Param)
+  tokens = jnp.arange(2 * LENGTH).reshape(2, LENGTH) % VOCAB
+
+  @nnx.jit
+  def step(model, optimizer):
+    def loss_fn(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(tokens), tokens).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(step(model, optimizer)) for _ in range(4)]
+  assert losses[-1] < losses[0], losses
 
 
 def test_bfloat16_in_bfloat16_out():
