@@ -7,10 +7,15 @@ from orthax._src.alias import orthogonal_adam as orthogonal_adam
 from orthax._src.alias import orthogonal_adamw as orthogonal_adamw
 from orthax._src.alias import orthogonal_lars as orthogonal_lars
 from orthax._src.alias import orthogonal_sgd as orthogonal_sgd
+from orthax._src.attention import attention_layout as attention_layout
+from orthax._src.attention import group_heads as group_heads
 from orthax._src.components import Layout as Layout
 from orthax._src.components import LayoutSpec as LayoutSpec
 from orthax._src.components import MaskSpec as MaskSpec
 from orthax._src.components import layout_by_path as layout_by_path
+from orthax._src.muon import MuonMomentumState as MuonMomentumState
+from orthax._src.muon import muon as muon
+from orthax._src.muon import muon_momentum as muon_momentum
 from orthax._src.transform import Method as Method
 from orthax._src.transform import MethodName as MethodName
 from orthax._src.transform import StepScale as StepScale
@@ -27,10 +32,15 @@ __all__ = [
     "MaskSpec",
     "Method",
     "MethodName",
+    "MuonMomentumState",
     "StepScale",
+    "attention_layout",
     "diagnostics",
+    "group_heads",
     "layout_by_path",
     "masks",
+    "muon",
+    "muon_momentum",
     "normalise",
     "normalise_components",
     "orthogonal_adam",

@@ -40,7 +40,9 @@ def orthogonal_sgd(
   The authors replaced each kernel's gradient by U V^T and then ran PyTorch's SGD, which adds
   `weight_decay * param` to that (already orthogonalised) gradient before the momentum buffer.
   This is `optax.chain(orthogonalise, add_decayed_weights, sgd)`: decay enters after the
-  orthogonalisation, on every parameter (as in PyTorch), and goes through momentum.
+  orthogonalisation, on every parameter (as in PyTorch), and goes through momentum. This is the
+  paper's order (orthogonalise the gradient, then accumulate momentum); for Muon's order
+  (momentum first, then orthogonalise it) see `orthax.muon`.
 
   Args:
     learning_rate: a float or an optax schedule.
@@ -109,6 +111,10 @@ def orthogonal_adamw(
     orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """U V^T, then AdamW: decoupled decay `learning_rate * weight_decay * param`, outside Adam.
+
+  The paper's order: each step's gradient is orthogonalised before Adam's moments see it. For
+  Muon's order (momentum first, then orthogonalise it; AdamW only for the leaves left out) see
+  `orthax.muon`.
 
   Args:
     learning_rate: a float or an optax schedule.

@@ -195,6 +195,17 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   raise _mismatch(params, spec, what, is_spec_leaf)
 
 
+def is_mask_leaf(x: Any) -> bool:
+  """Whether `x` is one mask value: a bool or a scalar boolean array."""
+  return isinstance(x, bool) or (hasattr(x, "dtype") and getattr(x, "shape", None) == ()
+                                 and jnp.result_type(x) == jnp.bool_)
+
+
+def is_layout_leaf(x: Any) -> bool:
+  """Whether `x` is one layout value: a `Layout`, or None for the default."""
+  return x is None or isinstance(x, Layout)
+
+
 def _names(key_path) -> tuple[str, ...]:
   names = []
   for key in key_path:

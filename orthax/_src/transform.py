@@ -29,15 +29,6 @@ StepScale = Literal["muon", "rms"] | None
 STEP_SCALES = (None, "muon", "rms")
 
 
-def _is_mask_leaf(x: Any) -> bool:
-  return isinstance(x, bool) or (hasattr(x, "dtype") and getattr(x, "shape", None) == ()
-                                 and jnp.result_type(x) == jnp.bool_)
-
-
-def _is_layout_leaf(x: Any) -> bool:
-  return x is None or isinstance(x, components_lib.Layout)
-
-
 def _takes_compute_dtype(fn: Callable) -> bool:
   """Whether `fn` decides its own precision (orthax's methods do: see `orthax.polar`)."""
   try:
@@ -103,12 +94,13 @@ def _component_transform(
     """Per leaf: its path, and its matrix view or None when it passes through unchanged."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     paths, leaves = [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
-    layouts = components_lib.resolve_tree(layout, tree, "layout", lambda _: None, _is_layout_leaf)
+    layouts = components_lib.resolve_tree(
+        layout, tree, "layout", lambda _: None, components_lib.is_layout_leaf)
     # The mask sees each leaf as one layer: the axes that only stack layers do not count.
     layers = jax.tree_util.tree_unflatten(
         treedef, [components_lib.one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
     selected = components_lib.resolve_tree(
-        mask, layers, "mask", components_lib.default_mask, _is_mask_leaf)
+        mask, layers, "mask", components_lib.default_mask, components_lib.is_mask_leaf)
     views: list[components_lib.MatrixView | None] = []
     for path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
       if not bool(chosen):

@@ -1,0 +1,231 @@
+"""orthax.muon: optax.contrib.muon's updates with Newton-Schulz; other methods and layouts."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from optax.contrib import MuonDimensionNumbers
+
+import orthax
+from tests.helpers import assert_trees_equal, polar_reference
+
+VOCAB, EMBED, HEADS, HEAD_DIM, LAYERS, LENGTH = 24, 16, 4, 8, 2, 6
+
+
+class Block(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    x = x + nn.MultiHeadDotProductAttention(num_heads=HEADS, qkv_features=HEADS * HEAD_DIM,
+                                            name="attn")(nn.LayerNorm(name="ln_1")(x))
+    h = nn.Dense(4 * EMBED, name="up")(nn.LayerNorm(name="ln_2")(x))
+    return x + nn.Dense(EMBED, name="down")(nn.gelu(h)), None
+
+
+class GPT(nn.Module):
+  """Token and position embeddings, nn.scan-stacked blocks, an unstacked attention, a head."""
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(VOCAB, EMBED, name="wte")(tokens)
+    x = x + self.param("wpe", nn.initializers.normal(0.02), (LENGTH, EMBED))
+    stack = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                    length=LAYERS)
+    x = stack(name="blocks")(x, None)[0]
+    x = x + nn.MultiHeadDotProductAttention(num_heads=HEADS, qkv_features=HEADS * HEAD_DIM,
+                                            name="attn")(x)
+    return nn.Dense(VOCAB, name="lm_head")(x)
+
+
+def gpt_params():
+  return GPT().init(jax.random.key(0), jnp.ones((1, LENGTH), jnp.int32))["params"]
+
+
+def dimension_numbers(params):
+  """optax.contrib.muon's spec of the same matrices: projections whole, stacks vmapped."""
+
+  def spec(path, x):
+    names = [k.key for k in path]
+    if names[-1] != "kernel" or names[0] == "lm_head":
+      return None
+    lead = x.ndim - (3 if names[-2] in ("query", "key", "value", "out") else 2)
+    if names[-2] in ("query", "key", "value"):
+      return MuonDimensionNumbers(lead, (lead + 1, lead + 2))
+    if names[-2] == "out":
+      return MuonDimensionNumbers((lead, lead + 1), lead + 2)
+    return MuonDimensionNumbers(lead, lead + 1)
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+LAYOUT = orthax.attention_layout("whole", base=orthax.layout_by_path(
+    {"blocks": orthax.Layout(batch=0)}))
+
+
+def gradients(params, seed):
+  keys = jax.random.split(jax.random.key(seed), len(jax.tree.leaves(params)))
+  leaves, treedef = jax.tree.flatten(params)
+  return jax.tree.unflatten(
+      treedef,
+      [0.3 * jax.random.normal(k, x.shape) + 0.1 * x for k, x in zip(keys, leaves, strict=True)])
+
+
+def run_both(reference, tx, params, steps):
+  """Updates of two optimisers fed the same gradients; each keeps its own params."""
+
+  @jax.jit
+  def step(p1, s1, p2, s2, seed):
+    g = gradients(p1, seed)
+    u1, s1 = reference.update(g, s1, p1)
+    u2, s2 = tx.update(g, s2, p2)
+    return optax.apply_updates(p1, u1), s1, optax.apply_updates(p2, u2), s2, u1, u2
+
+  p1 = p2 = params
+  s1, s2 = reference.init(params), tx.init(params)
+  history = []
+  for t in range(steps):
+    p1, s1, p2, s2, u1, u2 = step(p1, s1, p2, s2, t)
+    history.append((u1, u2))
+  return history, p1, p2
+
+
+def assert_close_relative(actual, expected, rtol):
+  """Every leaf within rtol * (its largest entry) of the expected one."""
+  flat = jax.tree_util.tree_flatten_with_path(expected)[0]
+  for (path, e), a in zip(flat, jax.tree.leaves(actual), strict=True):
+    e, a = np.asarray(e, np.float64), np.asarray(a, np.float64)
+    np.testing.assert_allclose(a, e, rtol=0, atol=rtol * np.max(np.abs(e)),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_newton_schulz_reproduces_optax_contrib_muon(nesterov):
+  params = gpt_params()
+  assert params["blocks"]["attn"]["query"]["kernel"].shape == (LAYERS, EMBED, HEADS, HEAD_DIM)
+  kwargs = dict(beta=0.9, weight_decay=0.1, nesterov=nesterov, adam_b2=0.98,
+                adam_weight_decay=0.01, adam_learning_rate=3e-3)
+  schedule = optax.linear_schedule(0.02, 0.01, 5)
+  reference = optax.contrib.muon(
+      schedule, muon_weight_dimension_numbers=dimension_numbers, **kwargs)
+  tx = orthax.muon(schedule, mask=orthax.masks.hidden_matrices(), layout=LAYOUT, **kwargs)
+  history, p1, p2 = run_both(reference, tx, params, steps=5)
+  adam = jax.tree.map(lambda spec: spec is None, dimension_numbers(params),
+                      is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers))
+  for t, (u1, u2) in enumerate(history):
+    assert_close_relative(u2, u1, rtol=1e-5)
+    # The same partition: AdamW's leaves agree bit for bit.
+    same = jax.tree.map(lambda a, x, y: bool(np.array_equal(x, y)) if a else True, adam, u1, u2)
+    assert jax.tree.all(same), f"step {t}: {same}"
+  np.testing.assert_allclose(
+      np.concatenate([np.ravel(x) for x in jax.tree.leaves(p2)]),
+      np.concatenate([np.ravel(x) for x in jax.tree.leaves(p1)]), rtol=0, atol=1e-6)
+
+
+def test_defaults_match_optax_muon_on_two_dimensional_leaves():
+  """optax's default split (every 2-D leaf) through a mask; no attention, so Layout()."""
+  params = {"embed": jnp.ones((VOCAB, EMBED)), "dense": {"kernel": jnp.ones((EMBED, 40)),
+                                                         "bias": jnp.ones(40)},
+            "head": {"kernel": jnp.ones((40, VOCAB))}}
+  reference = optax.contrib.muon(0.02)
+  tx = orthax.muon(0.02, mask=lambda p: jax.tree.map(lambda x: x.ndim == 2, p))
+  history, _, _ = run_both(reference, tx, params, steps=3)
+  for u1, u2 in history:
+    assert_close_relative(u2, u1, rtol=1e-5)
+
+
+def test_first_step_with_svd_per_head_is_the_scaled_polar_factor():
+  """One argument swaps in the exact polar factor and per-head matrices."""
+  params = gpt_params()
+  grads = gradients(params, 0)
+  tx = orthax.muon(0.1, method="svd", layout=orthax.attention_layout(
+      "heads", base=orthax.layout_by_path({"blocks": orthax.Layout(batch=0)})))
+  updates = tx.update(grads, tx.init(params), params)[0]
+  # Step 1's Nesterov momentum is a multiple of the gradient; U V^T does not see the scale.
+  query, g = updates["attn"]["query"]["kernel"], np.asarray(grads["attn"]["query"]["kernel"])
+  for h in range(HEADS):  # (embed, head_dim) = (16, 8): Muon's scale sqrt(max(1, 8 / 16)) = 1.
+    np.testing.assert_allclose(query[:, h], -0.1 * polar_reference(g[:, h]), atol=1e-6)
+  up, g = updates["blocks"]["up"]["kernel"], np.asarray(grads["blocks"]["up"]["kernel"])
+  for layer in range(LAYERS):  # (16, 64): scale sqrt(64 / 16) = 2.
+    np.testing.assert_allclose(up[layer], -0.2 * polar_reference(g[layer]), atol=1e-6)
+  # Embeddings, biases and the head went to AdamW (Nesterov): its first step is
+  # -lr * (1 + b1 / (1 + b1)) * sign(g).
+  np.testing.assert_allclose(updates["lm_head"]["kernel"],
+                             -0.1 * (1 + 0.9 / 1.9) * np.sign(grads["lm_head"]["kernel"]),
+                             rtol=1e-4)
+
+
+def test_mask_and_layout_as_pytrees():
+  """Trees with the full params' structure work inside the partition too."""
+  params = gpt_params()
+  grads = gradients(params, 1)
+  by_callable = orthax.muon(0.02, method="polar_express", mask=orthax.masks.hidden_matrices(),
+                            layout=LAYOUT)
+  by_tree = orthax.muon(0.02, method="polar_express",
+                        mask=orthax.masks.hidden_matrices()(params), layout=LAYOUT(params))
+  assert_trees_equal(by_tree.update(grads, by_tree.init(params), params)[0],
+                     by_callable.update(grads, by_callable.init(params), params)[0])
+
+
+def test_group_heads_and_inject_hyperparams():
+  params = gpt_params()
+  grads = gradients(params, 2)
+  tx = orthax.group_heads(
+      optax.inject_hyperparams(orthax.muon)(
+          learning_rate=0.02, layout=orthax.attention_layout(
+              "heads", base=orthax.layout_by_path({"blocks": orthax.Layout(batch=0)}))),
+      2, inputs=("query", "key"), outputs=())
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+  state.hyperparams["learning_rate"] = jnp.asarray(0.0)
+  updates, _ = jax.jit(tx.update)(grads, state, params)
+  assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+
+
+class NnxLM(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.wte = nnx.Embed(VOCAB, EMBED, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(HEADS, EMBED, decode=False, rngs=rngs)
+    self.lm_head = nnx.Linear(EMBED, VOCAB, rngs=rngs)
+
+  def __call__(self, tokens):
+    x = self.wte(tokens)
+    return self.lm_head(x + self.attn(x))
+
+
+def test_nnx_optimizer_with_per_head_polar_express():
+  model = NnxLM(nnx.Rngs(0))
+  tx = orthax.muon(0.02, method="polar_express", layout=orthax.attention_layout("heads"))
+  optimizer = nnx.Optimizer(model, optax.MultiSteps(tx, every_k_schedule=1), wrt=nnx.Param)
+  tokens = jnp.arange(2 * LENGTH).reshape(2, LENGTH) % VOCAB
+
+  @nnx.jit
+  def step(model, optimizer):
+    def loss_fn(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(tokens), tokens).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(step(model, optimizer)) for _ in range(4)]
+  assert losses[-1] < losses[0], losses
+
+
+def test_bfloat16_in_bfloat16_out():
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), gpt_params())
+  grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16), gradients(gpt_params(), 3))
+  tx = orthax.muon(0.02, layout=LAYOUT)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert {u.dtype for u in jax.tree.leaves(updates)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_errors():
+  with pytest.raises(ValueError, match=r"beta=1\.0"):
+    orthax.muon(0.02, beta=1.0)
+  with pytest.raises(ValueError, match="method must be one of"):
+    orthax.muon(0.02, method="qr")
