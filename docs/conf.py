@@ -1,0 +1,96 @@
+"""Sphinx configuration for orthax's documentation (`make docs`)."""
+
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+import orthax  # noqa: E402
+
+project = "orthax"
+author = "orthax contributors"
+copyright = "2026, orthax contributors"
+release = orthax.__version__
+version = release
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.doctest",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+exclude_patterns = ["_build"]
+
+# The docstrings write code as `name` (Markdown habit): show it as code, not as a cross-reference.
+default_role = "code"
+
+# Google-style docstrings, as in Optax: Args/Returns/Examples/References sections.
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+napoleon_use_ivar = True  # Attributes: as a field list; autodoc documents the fields once.
+autodoc_typehints = "description"
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": True, "undoc-members": False}
+add_module_names = False
+
+# MyST: $...$ maths, ::: fences, and heading anchors so the included READMEs' links resolve.
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_heading_anchors = 3
+
+# `sphinx-build -b doctest` runs the pages' {doctest}/{testcode} blocks and every `>>>` example
+# of the docstrings the API page pulls in.
+doctest_global_setup = "import jax, jax.numpy as jnp, numpy as np, optax, orthax"
+
+html_theme = "sphinx_book_theme"
+html_title = f"orthax {release}"
+
+
+def _check_api_page(app):
+  """Warns (an error under -W) when a public name of `orthax` is missing from the API page."""
+  from sphinx.util import logging
+
+  text = open(os.path.join(app.srcdir, "api.md"), encoding="utf-8").read()
+  for name in orthax.__all__:
+    if not isinstance(getattr(orthax, name), type(orthax)) and f"orthax.{name}\n" not in text:
+      logging.getLogger(__name__).warning(f"docs/api.md does not document orthax.{name}")
+
+
+_CODE = re.compile(r"(``.*?``|`[^`]*`)", re.S)
+
+
+def _plain_docstring_text(app, what, name, obj, options, lines):
+  """Reads the docstrings as the plain text they are written as, before napoleon parses them.
+
+  - `|x|` means an absolute value or a norm there, never a reST substitution: `|` outside code
+    and doctest blocks is escaped.
+  - An `Args:` entry may list several names, wrapped over two lines ("a, b, c,\n  d: text"):
+    the wrapped names are joined into one line, as napoleon expects them.
+  """
+  joined = []
+  for line in lines:
+    previous = joined[-1].strip() if joined else ""
+    if (previous.endswith(",") and ":" not in previous and ":" in line
+        and not previous.startswith((">>>", "..."))):
+      joined[-1] = joined[-1].rstrip() + " " + line.strip()
+    else:
+      joined.append(line)
+  out, in_doctest = [], False
+  for line in joined:
+    stripped = line.strip()
+    in_doctest = stripped.startswith(">>>") or (in_doctest and stripped != "")
+    out.append(line if in_doctest else "".join(
+        part if i % 2 else part.replace("|", "\\|")
+        for i, part in enumerate(_CODE.split(line))))
+  lines[:] = out
+
+
+def setup(app):
+  app.connect("builder-inited", _check_api_page)
+  # Before napoleon (priority 500) turns the Google-style sections into reST.
+  app.connect("autodoc-process-docstring", _plain_docstring_text, priority=400)
