@@ -1,7 +1,9 @@
 """Sphinx configuration for orthax's documentation (`make docs`)."""
 
 import os
+import pathlib
 import re
+import shutil
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
@@ -24,7 +26,30 @@ extensions = [
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated/*.inc"]
+
+
+def _example_pages() -> None:
+  """One page per example folder with a README.md (examples/NAME/README.md), included as is.
+
+  Written to docs/_generated/ on every build, so a new example gets its page without editing the
+  docs; examples.md lists them through _generated/example_pages.inc.
+  """
+  docs = pathlib.Path(__file__).resolve().parent
+  out = docs / "_generated"
+  shutil.rmtree(out, ignore_errors=True)
+  (out / "examples").mkdir(parents=True)
+  names = sorted(p.parent.name for p in (docs.parent / "examples").glob("*/README.md"))
+  for name in names:
+    (out / "examples" / f"{name}.md").write_text(
+        f"```{{include}} ../../../examples/{name}/README.md\n:relative-images:\n"
+        ":relative-docs: ../../../\n```\n", encoding="utf-8")
+  toctree = "".join(f"_generated/examples/{name}\n" for name in names)
+  (out / "example_pages.inc").write_text(
+      f"```{{toctree}}\n:maxdepth: 1\n\n{toctree}```\n" if names else "", encoding="utf-8")
+
+
+_example_pages()
 
 # The docstrings write code as `name` (Markdown habit): show it as code, not as a cross-reference.
 default_role = "code"
@@ -42,6 +67,9 @@ add_module_names = False
 # MyST: $...$ maths, ::: fences, and heading anchors so the included READMEs' links resolve.
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
+# The included READMEs link to repository files that are not pages of this site (sources, other
+# READMEs); those links render as text instead of failing the warnings-as-errors build.
+suppress_warnings = ["myst.xref_missing"]
 
 # `sphinx-build -b doctest` runs the pages' {doctest}/{testcode} blocks and every `>>>` example
 # of the docstrings the API page pulls in.
