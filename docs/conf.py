@@ -60,9 +60,10 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 napoleon_use_ivar = True  # Attributes: as a field list; autodoc documents the fields once.
 autodoc_typehints = "description"
+# Annotations are strings (from __future__ import annotations): keep the aliases short.
+autodoc_type_aliases = {"optax.ScalarOrSchedule": "optax.ScalarOrSchedule", "Array": "jax.Array"}
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "undoc-members": False}
-add_module_names = False
 
 # MyST: $...$ maths, ::: fences, and heading anchors so the included READMEs' links resolve.
 myst_enable_extensions = ["dollarmath", "colon_fence"]
