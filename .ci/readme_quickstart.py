@@ -1,9 +1,11 @@
 """Runs the README's python blocks with the installed orthax (`make dist-check`).
 
 Run it from outside the checkout with the wheel's virtual environment: it fails if `orthax` is
-imported from the source tree instead of the installed wheel.
+imported from the source tree instead of the installed wheel, or if the wheel's version differs
+from `orthax.__version__`.
 """
 
+import importlib.metadata
 import pathlib
 import re
 import sys
@@ -23,6 +25,9 @@ def main() -> None:
   where = pathlib.Path(orthax.__file__).resolve()
   if checkout in where.parents:
     sys.exit(f"orthax was imported from the checkout ({where}), not from the installed wheel")
+  installed = importlib.metadata.version("orthax")
+  if installed != orthax.__version__:
+    sys.exit(f"the wheel's metadata says {installed}, orthax.__version__ {orthax.__version__}")
   print(f"README quick start: {len(blocks)} python blocks ran with orthax {orthax.__version__} "
         f"from {where.parent}")
 
