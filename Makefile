@@ -31,3 +31,57 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis runs
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf $(FLOORS_VENV) docs/_build
+
+# The documentation site (docs/): HTML with warnings as errors, then every code block of its
+# pages and every docstring example it shows, run by Sphinx's doctest builder.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): pyproject.toml | $(STAMP)
+	$(VENV)/bin/python -m pip install -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+.PHONY: docs
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b doctest docs docs/_build/doctest
+	@echo "docs: docs/_build/html/index.html"
+
+# The package as users get it: build the sdist and wheel, check their metadata, install the
+# wheel into a fresh virtual environment outside the checkout and run the README's quick start.
+DIST_STAMP := $(VENV)/.dist-tools-installed
+
+$(DIST_STAMP): | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --upgrade pip build twine
+	touch $(DIST_STAMP)
+
+.PHONY: dist-check
+dist-check: $(DIST_STAMP)
+	rm -rf dist
+	$(VENV)/bin/python -m build --outdir dist .
+	$(VENV)/bin/python -m twine check --strict dist/*
+	set -e; away=$$(mktemp -d); trap 'rm -rf "$$away"' EXIT; \
+	$(PYTHON) -m venv "$$away/venv"; \
+	"$$away/venv/bin/python" -m pip install --quiet dist/*.whl; \
+	cp .ci/readme_quickstart.py "$$away/"; \
+	cd "$$away" && "$$away/venv/bin/python" readme_quickstart.py "$(CURDIR)/README.md"
+
+# The declared dependency floors: a fresh environment with every floor of pyproject.toml
+# installed exactly (.ci/floor_constraints.py), running the library's own tests.
+FLOORS_VENV := .venv-floors
+FLOOR_TESTS := tests/test_polar.py tests/test_transform.py tests/test_masks.py \
+	tests/test_layout.py tests/test_errors.py tests/test_diagnostics.py
+
+$(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --upgrade pip
+	$(FLOORS_VENV)/bin/python .ci/floor_constraints.py pyproject.toml > $(FLOORS_VENV)/constraints.txt
+	$(FLOORS_VENV)/bin/python -m pip install --only-binary=:all: \
+		-c $(FLOORS_VENV)/constraints.txt -e '.[test]'
+	touch $(FLOORS_VENV)/.installed
+
+.PHONY: test-floors
+test-floors: $(FLOORS_VENV)/.installed
+	$(FLOORS_VENV)/bin/python -m pip list | grep -iE '^(jax|jaxlib|optax|numpy|scipy|threadpoolctl|flax) '
+	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider $(FLOOR_TESTS)
