@@ -102,7 +102,7 @@ def muon(
   orthogonalises each step's gradient and accumulates momentum afterwards. Muon (Jordan et al.)
   accumulates Nesterov momentum first and orthogonalises the momentum, then scales the result by
   sqrt(max(1, N / P)), adds decoupled weight decay and applies the learning rate; every leaf the
-  mask leaves out goes to AdamW. This alias is Muon's order:
+  mask leaves out goes to AdamW. This alias is Muon's order::
 
     optax.partition({"orthogonal": optax.chain(
         orthax.muon_momentum(beta, nesterov=nesterov),
