@@ -26,7 +26,7 @@ import numpy as np
 Array = jax.Array
 
 # Largest condition number for which the Gram route of `eigh` is trusted; beyond it `eigh` falls
-# back to `svd` for that group of matrices. At kappa = 50 its error is ~1e-5 (float32, measured).
+# back to `svd` for that matrix. At kappa = 50 its error is ~1e-5 (float32, measured).
 EIGH_MAX_CONDITION = 50.0
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
