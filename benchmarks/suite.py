@@ -3,7 +3,8 @@
     python -m benchmarks.suite                    # writes results/<platform>/*.md and *.json
     python -m benchmarks.suite --smoke --out DIR  # smallest sizes (the test runs this)
 
-Runs Q1 with the width-4096 transformer shapes, Q2, Q3 with ResNet-50 at batch 256, Q4 and Q5
+Runs Q1 with the width-4096 transformer shapes, Q2, Q3 with ResNet-50 at batch 256, Q4, `eigh`'s
+per-matrix fallback and Q5
 (Q5 on the local devices: with one device there is nothing to split over, so it is skipped), and
 prints each part's wall time. Sized to finish in minutes on one H100/H200-class GPU.
 """
@@ -16,13 +17,22 @@ import time
 
 import jax
 
-from benchmarks import common, compile_time, distributed, matrix_methods, train_step, tree_update
+from benchmarks import (
+    common,
+    compile_time,
+    distributed,
+    eigh_fallback,
+    matrix_methods,
+    train_step,
+    tree_update,
+)
 
 PARTS = [
     (matrix_methods, ["--large"]),
     (tree_update, []),
     (train_step, ["--models", "basic_cnn,resnet20,resnet50"]),
     (compile_time, []),
+    (eigh_fallback, []),
     (distributed, []),
 ]
 

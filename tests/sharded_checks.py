@@ -115,21 +115,48 @@ def test_distributed_svd_equals_plain_bit_for_bit_on_cpu():
 @pytest.mark.parametrize("counts", [[1], [7], [9], [17], [3, 1, 2], [1] * 11])
 def test_each_device_decomposes_only_its_share(counts):
   mesh = make_mesh("auto")
-  seen = []
+  done = []
 
   def matrix_fn(x):
-    seen.append(x.shape[0])  # Once per (device branch, group) that has matrices.
+    # Runs where a device decomposes x: records how many matrices, once per execution.
+    jax.debug.callback(lambda: done.append(x.shape[0]))
     return orthax.polar.svd(x)
 
   rng = np.random.default_rng(len(counts))
   stacks = [jnp.asarray(helpers.random_matrix(rng, (b, 12 + g, 5))) for g, b in enumerate(counts)]
-  out = jax.jit(sharding_lib.distribute(matrix_fn, mesh))(stacks)
-  assert sum(seen) == sum(counts)  # every matrix decomposed once, on one device
+  out = jax.block_until_ready(jax.jit(sharding_lib.distribute(matrix_fn, mesh))(stacks))
+  jax.effects_barrier()
+  assert sum(done) == sum(counts)  # every matrix decomposed once, on one device; no padding
   per_device = [sum(len(i) for i in row) for row in sharding_lib.assign(
       [x.shape for x in stacks], 8)]
   assert max(per_device) == -(-sum(counts) // 8)  # similar shapes: dealt out evenly
   for o, x in zip(out, stacks, strict=True):
     np.testing.assert_array_equal(np.asarray(o), np.asarray(orthax.polar.svd(x)))
+
+
+@pytest.mark.parametrize("method", ["svd", "eigh", "newton_schulz"])
+def test_one_program_for_every_device_count(method):
+  """The distributed update lowers to one program that reads each device's matrices from a
+  table: its conditionals, decompositions and products do not grow with the mesh. (Per group
+  it holds at most two calls of the matrix function: the slots every device fills, as one
+  stack, and one slot that only some fill, behind a `lax.cond`.)"""
+  rng = np.random.default_rng(11)
+  stacks = [jnp.asarray(helpers.random_matrix(rng, s)) for s in
+            [(11, 24, 16), (3, 40, 8), (1, 64, 32), (17, 12, 12)]]
+  sizes = {}
+  for devices in (2, 4, 8):
+    mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
+    fn = sharding_lib.distribute(getattr(orthax.polar, method), mesh)
+    text = jax.jit(fn).lower(stacks).as_text()
+    sizes[devices] = (text.count("stablehlo.case"), text.count("stablehlo.custom_call"),
+                      text.count("stablehlo.dot_general"))
+  plain = jax.jit(lambda xs: [getattr(orthax.polar, method)(x) for x in xs]).lower(stacks)
+  plain = plain.as_text()
+  bound = tuple(2 * plain.count(op) + len(stacks) * (op == "stablehlo.case")
+                for op in ("stablehlo.case", "stablehlo.custom_call", "stablehlo.dot_general"))
+  for devices in (4, 8):
+    assert all(a <= b for a, b in zip(sizes[devices], sizes[2], strict=True)), sizes
+  assert all(a <= b for a, b in zip(sizes[2], bound, strict=True)), (sizes, bound)
 
 
 @pytest.mark.parametrize("axis_type", list(AXIS_TYPES))

@@ -2,7 +2,8 @@
 
 from benchmarks import suite
 
-NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "distributed"]
+NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "eigh_fallback",
+         "distributed"]
 
 
 def test_suite_smoke(tmp_path, capsys):

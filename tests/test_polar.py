@@ -146,6 +146,33 @@ def test_eigh_is_exact_on_ill_conditioned_input():
         (np.logspace(0, -np.log10(kappa), 32) > 96 * 2**-23).sum(), abs=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(96, 32), (32, 96)])
+@pytest.mark.parametrize("bad", [[2], [0, 4], []])
+def test_eigh_falls_back_per_matrix_on_mixed_stacks(shape, bad):
+  """Each matrix of a stack gets what it would get alone: the Gram route if it is
+  well-conditioned, else the SVD, whatever its neighbours are."""
+  rng = np.random.default_rng(10)
+  g = np.stack([conditioned(rng, *shape, kappa=1e4 if i in bad else 10.0) for i in range(5)])
+  o = np.asarray(polar.eigh(jnp.asarray(g)))
+  wide = shape[0] < shape[1]  # eigh decomposes the transpose of a wide matrix
+  exact = np.asarray(polar.svd(jnp.asarray(np.swapaxes(g, 1, 2) if wide else g)))
+  exact = np.swapaxes(exact, 1, 2) if wide else exact
+  for i in range(5):
+    np.testing.assert_allclose(o[i], reference(g[i]), atol=1e-3 if i in bad else 1e-5)
+    alone = np.asarray(polar.eigh(jnp.asarray(g[i])))
+    np.testing.assert_allclose(o[i], alone, rtol=0, atol=1e-6)
+    if i in bad:
+      np.testing.assert_allclose(o[i], exact[i], rtol=0, atol=1e-6)
+    else:  # the Gram route, not the SVD: close to it, but not bit for bit
+      assert not np.array_equal(o[i], exact[i])
+
+
+def test_eigh_decomposes_only_the_inaccurate_matrices_by_svd():
+  """On CPU each matrix's SVD sits behind its own lax.cond inside the loop over the stack."""
+  jaxpr = str(jax.make_jaxpr(polar.eigh)(jnp.ones((5, 96, 32))))
+  assert "scan" in jaxpr and "cond" in jaxpr and "svd" in jaxpr
+
+
 def test_classifier_gradient_null_direction_is_dropped():
   """Softmax cross-entropy gradients sum to zero over classes: G 1 = 0, so U V^T has a noise
   direction there; the default rtol removes it and keeps every other direction."""

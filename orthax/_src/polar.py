@@ -36,7 +36,7 @@ import numpy as np
 Array = jax.Array
 
 # Largest condition number for which the Gram route of `eigh` is trusted; beyond it `eigh` falls
-# back to `svd` for that group of matrices. At kappa = 50 its error is ~1e-5 (float32, measured).
+# back to `svd` for that matrix. At kappa = 50 its error is ~1e-5 (float32, measured).
 EIGH_MAX_CONDITION = 50.0
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -202,6 +202,16 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
   return wrapped
 
 
+def _svd_polar(x: Array, tol: float, decompose: Callable) -> Array:
+  """U V^T from `decompose` (a thin SVD), dropping directions at or below `tol * max(S)`."""
+  u, s, vt = decompose(x)
+  keep = s > tol * s[..., :1]
+  return u @ (keep[..., :, None].astype(vt.dtype) * vt)  # Masks the small factor: no P x N kernel.
+
+
+_thin_svd = functools.partial(jnp.linalg.svd, full_matrices=False)
+
+
 @_flat
 def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
   """Exact polar factor U V^T by singular value decomposition (the paper's method).
@@ -219,37 +229,85 @@ def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
     An array like `x` whose matrices have orthonormal columns (P >= N) or rows (P < N) on the
     retained directions.
   """
-  tol = _default_rtol(x, rtol)
-  u, s, vt = _map_matrices(functools.partial(jnp.linalg.svd, full_matrices=False), x)
-  keep = s > tol * s[..., :1]
-  return (u * keep[..., None, :].astype(u.dtype)) @ vt
+  return _svd_polar(x, _default_rtol(x, rtol), lambda x: _map_matrices(_thin_svd, x))
 
 
-def _gram_polar(g: Array, rtol: float) -> tuple[Array, Array]:
-  """Polar factor of tall (B, P, N) matrices from two eigendecompositions of N x N Grams.
+def _gram_polar(g: Array, rtol: float, decompose: Callable = jnp.linalg.eigh
+                ) -> tuple[Array, Array]:
+  """Polar factor of tall (..., P, N) matrices from two eigendecompositions of N x N Grams.
 
-  Pass 1: G^T G = V diag(lam) V^T. Pass 2: the columns of G V are orthogonal in exact arithmetic;
-  normalise them (which keeps their directions to high relative accuracy, unlike scaling by
-  lam^-1/2) and remove their residual non-orthogonality with the polar factor of the normalised
-  columns, again through a Gram eigendecomposition, now of a matrix near the identity.
+  Pass 1: G^T G = V diag(lam) V^T. Pass 2: the columns of B = G V are orthogonal in exact
+  arithmetic; normalising them (D = diag of their norms) keeps their directions to high relative
+  accuracy, unlike scaling by lam^-1/2, and the polar factor of the normalised columns, again
+  through a Gram eigendecomposition (of D^-1 B^T B D^-1, near the identity), removes their
+  residual non-orthogonality. The result is B K for an N x N matrix K.
 
-  Returns the polar factor and, per matrix, whether the Gram route is accurate for it.
+  Every step on a P x N matrix is a matrix product (G^T G, G V, B^T B, B K); the rest works on
+  N x N matrices. That keeps compile time low: XLA's CPU backend compiles each distinct
+  elementwise kernel separately, and kernels on N x N matrices are shared by every shape group
+  with the same N.
+
+  `decompose` is the symmetric eigendecomposition to use.
+
+  Returns the polar factor and, per matrix, whether the Gram route is accurate for it (not where
+  the Gram matrix overflows or is non-finite).
   """
-  lam, v = _map_matrices(jnp.linalg.eigh, _mT(g) @ g)
+  a = _mT(g) @ g
+  lam, v = decompose(_finite(a))
   lam_max = lam[..., -1:]
   keep = lam > (rtol * rtol) * lam_max
   b = g @ v
-  norms = jnp.linalg.norm(b, axis=-2, keepdims=True)
-  keep = keep[..., None, :] & (norms > 0)
-  u = jnp.where(keep, b / jnp.where(keep, norms, 1), 0)
-  mu, w = _map_matrices(jnp.linalg.eigh, _mT(u) @ u)
+  c = _mT(b) @ b
+  norms = jnp.sqrt(jnp.diagonal(c, axis1=-2, axis2=-1))
+  keep = keep & (norms > 0)
+  d = jnp.where(keep, 1 / jnp.where(keep, norms, 1), 0)
+  mu, w = decompose(d[..., :, None] * c * d[..., None, :])
   # Kept columns are unit vectors and nearly orthogonal, so mu is ~1 there and exactly 0 on the
   # dropped ones.
   inv_sqrt = jnp.where(mu > 0.5, jax.lax.rsqrt(jnp.where(mu > 0.5, mu, 1)), 0)
-  u = u @ ((w * inv_sqrt[..., None, :]) @ _mT(w))
-  accurate = (rtol > 1 / EIGH_MAX_CONDITION) | jnp.all(
-      lam >= lam_max / EIGH_MAX_CONDITION**2, axis=-1)
-  return u @ _mT(v), accurate
+  k = ((d[..., :, None] * w * inv_sqrt[..., None, :]) @ _mT(w)) @ _mT(v)
+  well_conditioned = lam >= lam_max / EIGH_MAX_CONDITION**2
+  if rtol > 1 / EIGH_MAX_CONDITION:
+    well_conditioned = True
+  finite = jnp.isfinite(jnp.diagonal(a, axis1=-2, axis2=-1))
+  accurate = jnp.all(well_conditioned & finite, axis=-1)
+  return b @ k, accurate
+
+
+def _eigh_each(g: Array, tol: float) -> Array:
+  """CPU: one matrix at a time, the Gram route and, only where it is inaccurate, an SVD.
+
+  Each matrix is its own LAPACK call on CPU anyway (see `_map_matrices`), so a `lax.cond` per
+  matrix costs nothing, and an ill-conditioned matrix costs one SVD, not its whole stack's. The
+  N x N kernels of a loop body are also shared by every shape group with the same N.
+  """
+  _single_thread_cpu_lapack()
+
+  def one(g: Array) -> Array:
+    o, accurate = _gram_polar(g, tol)
+    return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(_finite(g), tol, _thin_svd))
+
+  if g.shape[0] == 1:  # No loop: slicing and writing back would be kernels of their own.
+    return one(g[0])[None]
+  return jax.lax.map(one, g)
+
+
+def _eigh_batched(g: Array, tol: float) -> Array:
+  """Other backends: the whole stack at once; where any matrix is inaccurate, one SVD of the
+  stack replaces those matrices (a `lax.cond` under `vmap` would run both routes always)."""
+  o, accurate = _gram_polar(g, tol)
+
+  def fix():
+    exact = _svd_polar(_finite(g), tol, jax.vmap(_thin_svd))
+    return jnp.where(accurate[:, None, None], o, exact)
+
+  return jax.lax.cond(jnp.all(accurate), lambda: o, fix)
+
+
+def _finite(x: Array) -> Array:
+  """`x` with non-finite entries zeroed: LAPACK is never handed them (`_flat` makes such a
+  matrix's result NaN)."""
+  return jnp.where(jnp.isfinite(x), x, 0)
 
 
 @_flat
@@ -258,10 +316,11 @@ def eigh(x: Array, *, rtol: float | None = None) -> Array:
 
   Why: on CPU two symmetric eigendecompositions of N x N Gram matrices plus a few matrix products
   took 0.26x to 0.66x the time of an SVD of a tall P x N matrix (benchmarks/), and about 2x at
-  square shapes, where `auto` therefore keeps `svd`. Squaring the
-  matrix squares its condition number, so the Gram route is used only where it is accurate
-  (condition number up to `EIGH_MAX_CONDITION`, or every ill-conditioned direction below `rtol`);
-  a stack that holds any other matrix is decomposed by `svd` instead, in the same call.
+  square shapes, where `auto` therefore keeps `svd`. Squaring the matrix squares its condition
+  number, so the Gram route is used only where it is accurate (condition number up to
+  `EIGH_MAX_CONDITION`, or every ill-conditioned direction below `rtol`); every other matrix is
+  decomposed by `svd` instead, in the same call. On CPU that costs one SVD per such matrix; on
+  other backends one SVD of the stack, when it holds any such matrix.
 
   Args:
     x: array of shape (..., P, N).
@@ -273,8 +332,8 @@ def eigh(x: Array, *, rtol: float | None = None) -> Array:
   tol = _default_rtol(x, rtol)
   wide = x.shape[-2] < x.shape[-1]
   g = _mT(x) if wide else x
-  o, accurate = _gram_polar(g, tol)
-  o = jax.lax.cond(jnp.all(accurate), lambda: o, lambda: svd(g, rtol=rtol))
+  o = jax.lax.platform_dependent(g, cpu=functools.partial(_eigh_each, tol=tol),
+                                 default=functools.partial(_eigh_batched, tol=tol))
   return _mT(o) if wide else o
 
 

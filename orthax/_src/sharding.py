@@ -87,10 +87,15 @@ def distribute(
 ) -> Callable[[list[Array]], list[Array]]:
   """`matrix_fn` on every (B, P, N) stack of a list, its matrices dealt out to `mesh`'s devices.
 
-  Each device decomposes only the matrices `assign` gives it (a `lax.switch` on the device
-  index inside `shard_map` picks its branch), writes them into per-group slots of equal size on
-  every device, and the slots are gathered and put back in order. Without this, every device
-  decomposes every matrix.
+  Each device decomposes only the matrices `assign` gives it, writes them into per-group slots of
+  equal size on every device, and the slots are gathered and put back in order. Without this,
+  every device decomposes every matrix.
+
+  One program serves every device: it reads its matrices' indices from a table by its device
+  index, so the program does not grow with the mesh. Per group, the slots that every device
+  fills are decomposed as one stack; the few that only some devices fill (at most one per device
+  when the group's matrices are of one shape) each sit behind a `lax.cond` on whether this device
+  has a matrix there, so no device decomposes padding.
   """
   axes = tuple(mesh.axis_names)
   devices = mesh.size
@@ -102,19 +107,22 @@ def distribute(
       return [matrix_fn(x) for x in stacks]
     table = assign([x.shape for x in stacks], devices)
     slots = [max(len(row[g]) for row in table) for g in range(len(stacks))]
-
-    def branch(d: int) -> Callable[[list[Array]], list[Array]]:
-      def run(xs: list[Array]) -> list[Array]:
-        out = []
-        for x, indices, size in zip(xs, table[d], slots, strict=True):
-          mine = matrix_fn(x[np.asarray(indices)]) if indices else x[:0]
-          out.append(jnp.concatenate([mine, jnp.zeros((size - len(indices),) + x.shape[1:],
-                                                      x.dtype)]))
-        return out
-      return run
+    full = [min(len(row[g]) for row in table) for g in range(len(stacks))]
+    # indices[g][d, j]: the matrix in device d's slot j of group g; -1 where that slot is empty.
+    indices = [np.array([row[g] + [-1] * (slots[g] - len(row[g])) for row in table], np.int32)
+               for g in range(len(stacks))]
 
     def per_device(xs: list[Array]) -> list[Array]:
-      return jax.lax.switch(jax.lax.axis_index(axes), [branch(d) for d in range(devices)], xs)
+      device = jax.lax.axis_index(axes)
+      out = []
+      for x, mine, filled in zip(xs, indices, full, strict=True):
+        mine = jnp.asarray(mine)[device]
+        parts = [matrix_fn(x[mine[:filled]])] if filled else []
+        if mine.shape[0] > filled:
+          parts.append(jax.lax.map(lambda i, x=x: _one_or_zeros(matrix_fn, x, i, axes),
+                                    mine[filled:]))
+        out.append(jnp.concatenate(parts) if len(parts) > 1 else parts[0])
+      return out
 
     parts = jax.shard_map(per_device, mesh=mesh, in_specs=PartitionSpec(),
                           out_specs=shards)(list(stacks))
@@ -130,3 +138,15 @@ def distribute(
     return results
 
   return fn
+
+
+def _one_or_zeros(
+    matrix_fn: Callable[[Array], Array], x: Array, i: Array, axes: tuple[str, ...]) -> Array:
+  """`matrix_fn` of matrix i of the stack x, or zeros (and no work) where i is -1.
+
+  Inside `shard_map` the result varies over the devices, so the zeros are marked so too.
+  """
+  def zeros():
+    return jax.lax.pcast(jnp.zeros(x.shape[1:], x.dtype), axes, to="varying")
+
+  return jax.lax.cond(i >= 0, lambda: matrix_fn(x[jnp.maximum(i, 0)][None])[0], zeros)
