@@ -202,7 +202,7 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
   return wrapped
 
 
-def _svd_polar(x: Array, tol: float, decompose: Callable) -> Array:
+def _svd_polar(x: Array, tol: float | Array, decompose: Callable) -> Array:
   """U V^T from `decompose` (a thin SVD), dropping directions at or below `tol * max(S)`."""
   u, s, vt = decompose(x)
   keep = s > tol * s[..., :1]
@@ -232,7 +232,7 @@ def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
   return _svd_polar(x, _default_rtol(x, rtol), lambda x: _map_matrices(_thin_svd, x))
 
 
-def _gram_polar(g: Array, rtol: float, decompose: Callable = jnp.linalg.eigh
+def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.eigh
                 ) -> tuple[Array, Array]:
   """Polar factor of tall (..., P, N) matrices from two eigendecompositions of N x N Grams.
 
@@ -266,22 +266,22 @@ def _gram_polar(g: Array, rtol: float, decompose: Callable = jnp.linalg.eigh
   # dropped ones.
   inv_sqrt = jnp.where(mu > 0.5, jax.lax.rsqrt(jnp.where(mu > 0.5, mu, 1)), 0)
   k = ((d[..., :, None] * w * inv_sqrt[..., None, :]) @ _mT(w)) @ _mT(v)
-  well_conditioned = lam >= lam_max / EIGH_MAX_CONDITION**2
-  if rtol > 1 / EIGH_MAX_CONDITION:
-    well_conditioned = True
+  # Every ill-conditioned direction is dropped anyway when rtol > 1 / EIGH_MAX_CONDITION (rtol
+  # may be a traced array: optax.inject_hyperparams).
+  well_conditioned = (lam >= lam_max / EIGH_MAX_CONDITION**2) | (rtol > 1 / EIGH_MAX_CONDITION)
   finite = jnp.isfinite(jnp.diagonal(a, axis1=-2, axis2=-1))
   accurate = jnp.all(well_conditioned & finite, axis=-1)
   return b @ k, accurate
 
 
-def _eigh_each(g: Array, tol: float) -> Array:
+def _eigh_each(g: Array, tol: float | Array) -> Array:
   """CPU: one matrix at a time, the Gram route and, only where it is inaccurate, an SVD.
 
   Each matrix is its own LAPACK call on CPU anyway (see `_map_matrices`), so a `lax.cond` per
   matrix costs nothing, and an ill-conditioned matrix costs one SVD, not its whole stack's. The
   N x N kernels of a loop body are also shared by every shape group with the same N.
   """
-  _single_thread_cpu_lapack()
+  single_thread_cpu_lapack()
 
   def one(g: Array) -> Array:
     o, accurate = _gram_polar(g, tol)
@@ -292,7 +292,7 @@ def _eigh_each(g: Array, tol: float) -> Array:
   return jax.lax.map(one, g)
 
 
-def _eigh_batched(g: Array, tol: float) -> Array:
+def _eigh_batched(g: Array, tol: float | Array) -> Array:
   """Other backends: the whole stack at once; where any matrix is inaccurate, one SVD of the
   stack replaces those matrices (a `lax.cond` under `vmap` would run both routes always)."""
   o, accurate = _gram_polar(g, tol)
@@ -315,9 +315,9 @@ def eigh(x: Array, *, rtol: float | None = None) -> Array:
   """Exact polar factor from eigendecompositions of the small Gram matrix.
 
   Why: on CPU two symmetric eigendecompositions of N x N Gram matrices plus a few matrix products
-  took 0.26x to 0.66x the time of an SVD of a tall P x N matrix (benchmarks/), and about 2x at
-  square shapes, where `auto` therefore keeps `svd`. Squaring the matrix squares its condition
-  number, so the Gram route is used only where it is accurate (condition number up to
+  take a fraction of the time of an SVD of a tall P x N matrix, and more at square shapes, where
+  `auto` therefore keeps `svd` (measured: benchmarks/README.md). Squaring the matrix squares its
+  condition number, so the Gram route is used only where it is accurate (condition number up to
   `EIGH_MAX_CONDITION`, or every ill-conditioned direction below `rtol`); every other matrix is
   decomposed by `svd` instead, in the same call. On CPU that costs one SVD per such matrix; on
   other backends one SVD of the stack, when it holds any such matrix.

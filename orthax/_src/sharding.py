@@ -116,11 +116,11 @@ def distribute(
       device = jax.lax.axis_index(axes)
       out = []
       for x, mine, filled in zip(xs, indices, full, strict=True):
-        mine = jnp.asarray(mine)[device]
-        parts = [matrix_fn(x[mine[:filled]])] if filled else []
-        if mine.shape[0] > filled:
+        slots_here = jnp.asarray(mine)[device]
+        parts = [matrix_fn(x[slots_here[:filled]])] if filled else []
+        if slots_here.shape[0] > filled:
           parts.append(jax.lax.map(lambda i, x=x: _one_or_zeros(matrix_fn, x, i, axes),
-                                    mine[filled:]))
+                                    slots_here[filled:]))
         out.append(jnp.concatenate(parts) if len(parts) > 1 else parts[0])
       return out
 
