@@ -18,7 +18,6 @@ runs/demo).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,8 +34,7 @@ FLAGS = ("data", "synthetic", "epochs", "train_size", "test_size", "batch_size",
 def parse_args(argv: list[str] | None) -> configs.Config:
   parser = config_lib.make_parser(
       configs.Config, __doc__.splitlines()[0], base=configs.demo(), fields=FLAGS)
-  config = dataclasses.replace(
-      configs.demo(), **config_lib.given(parser.parse_args(argv), configs.Config))
+  config = config_lib.parse(configs.Config, argv, base=configs.demo(), parser=parser)
   if config.epochs < 1:
     parser.error(f"--epochs must be >= 1, got {config.epochs}")
   if not config.batch_size <= config.train_size <= cifar_data.TRAIN_SPLIT:

@@ -11,7 +11,6 @@ the paper's Fig. 7) to the workdir and prints a markdown table.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import shlex
@@ -66,8 +65,7 @@ def main(argv: list[str] | None = None, *, backbone: nn.Module | None = None) ->
   """The command line; `backbone` replaces the network --backbone names (for tests)."""
   argv = sys.argv[1:] if argv is None else argv
   parser = config_lib.make_parser(train.Config, __doc__)
-  config = dataclasses.replace(train.Config(), **config_lib.given(parser.parse_args(argv),
-                                                                   train.Config))
+  config = config_lib.parse(train.Config, argv, parser=parser)
   for name in config.optimizers:
     if name not in lars.OPTIMIZERS:
       parser.error(f"unknown optimiser {name!r}; choose from {', '.join(lars.OPTIMIZERS)}")
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None, *, backbone: nn.Module | None = None) ->
   except cifar_data.DataNotFoundError as error:
     print(error, file=sys.stderr)
     return 2
-  results = {name: train.pretrain(train.run_config(config, name), workdir / name, dataset,
+  results = {name: train.pretrain(config.run(name), workdir / name, dataset,
                                   backbone=backbone)
              for name in config.optimizers}
   command = "python -m examples.barlow_twins.main " + shlex.join(argv)

@@ -34,17 +34,17 @@ from jax.sharding import PartitionSpec as P
 from examples.barlow_twins import augment, lars, models
 from examples.lib import cifar10 as cifar_data
 from examples.lib import data, train
-from examples.lib.config import json_values, setting
+from examples.lib.config import Comparison, setting
 
 INPUT_SHAPE = (32, 32, 3)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Comparison):
   """Pretraining with each of `optimizers`, same seed. Defaults: the authors' LARS settings with
   solo-learn's CIFAR-10 network (ResNet-18 with a 3x3 stem, projector 2048-2048-2048, batch 256).
 
-  One pretraining run is a `Config` with one optimiser (`run_config`).
+  One pretraining run is a `Config` with one optimiser (`Config.run`).
   """
 
   optimizers: tuple[str, ...] = setting(
@@ -75,16 +75,6 @@ class Config:
   probe_learning_rate: float = 1e-2
   checkpoint: bool = setting(True, "--no-checkpoint: no checkpoints (and no resuming)")
   workdir: str | None = setting(None, "where the runs go (default runs/barlow_twins/<time>)")
-
-  @property
-  def optimizer(self) -> str:
-    """The optimiser of a one-run config (see `run_config`)."""
-    (name,) = self.optimizers
-    return name
-
-
-def run_config(config: Config, name: str) -> Config:
-  return dataclasses.replace(config, optimizers=(name,))
 
 
 def load_dataset(config: Config) -> cifar_data.Dataset:
@@ -253,17 +243,11 @@ def pretrain(config: Config, workdir: str | Path, dataset: cifar_data.Dataset | 
       return evaluate(state, config, dataset, model, mesh, probe=last)
     return {}
 
-  def epoch_batches(epoch):
-    order = data.epoch_order(len(dataset.train.labels), config.batch_size, config.seed, epoch)
-    return data.split_batches(dataset.train, order, batched)
-
-  step = functools.partial(train_step, lambd=config.lambd)
-  schedule = lars.warmup_cosine(config.weights_learning_rate * config.batch_size / 256,
-                                config.epochs * steps, round(config.warmup_epochs * steps))
   return train.fit(
-      workdir, state, name=config.optimizer, epochs=config.epochs, settings=json_values(config),
-      checkpoint_every_epoch=config.checkpoint, steps=steps, epoch_batches=epoch_batches,
-      compile_step=lambda state: train.compile_train_step(
-          step, state, config.batch_size, mesh, input_shape=INPUT_SHAPE, mean=dataset.mean,
-          std=dataset.std),
-      evaluate=evaluate_epoch, schedule=schedule, summary_fields=SUMMARY_FIELDS, per_step=True)
+      config, workdir, state, steps=steps,
+      epoch_batches=data.shuffled_batches(dataset.train, config.batch_size, config.seed, batched),
+      step=functools.partial(train_step, lambd=config.lambd), mesh=mesh, input_shape=INPUT_SHAPE,
+      mean=dataset.mean, std=dataset.std, evaluate=evaluate_epoch,
+      schedule=lars.warmup_cosine(config.weights_learning_rate * config.batch_size / 256,
+                                  config.epochs * steps, round(config.warmup_epochs * steps)),
+      summary_fields=SUMMARY_FIELDS, per_step=True)

@@ -17,16 +17,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from examples.lib.config import setting
+from examples.lib.config import Comparison, setting
 from examples.lib.optimizers import MASKS, OPTIMIZERS
 from examples.models.convnets import MODELS
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Comparison):
   """One comparison. Defaults: the paper's Table 1 protocol, with a 3-epoch budget.
 
-  One training run is a `Config` with one optimiser and one seed (`run_config`).
+  One training run is a `Config` with one optimiser and one seed (`train.run_config`).
   """
 
   model: str = setting("basic_cnn", f"one of {', '.join(MODELS)}")
@@ -60,14 +60,8 @@ class Config:
   workdir: str | None = setting(None, "where the runs go (default runs/compare/<model>-<time>)")
 
   @property
-  def optimizer(self) -> str:
-    """The optimiser of a one-run config (see `run_config`)."""
-    (label,) = self.optimizers
-    return label
-
-  @property
   def seed(self) -> int:
-    """The seed of a one-run config (see `run_config`)."""
+    """The seed of a one-run config (see `train.run_config`)."""
     (seed,) = self.seeds
     return seed
 

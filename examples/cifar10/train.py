@@ -11,7 +11,6 @@ run continues bit-identically (on CPU) to an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from examples.cifar10 import augment
 from examples.cifar10.configs import Config
 from examples.lib import cifar10 as cifar_data
 from examples.lib import compare, data, diagnostics, optimizers, train
-from examples.lib.config import json_values, replace_from_strings
+from examples.lib.config import replace_from_strings
 from examples.models import convnets
 
 INPUT_SHAPE = (32, 32, 3)
@@ -37,7 +36,7 @@ def run_config(config: Config, label: str, seed: int) -> Config:
   """The one-run config of `label` (an optimiser with its own settings, `name@field=value...`)
   and `seed` in comparison `config`."""
   name, options = compare.parse_label(label)
-  run = dataclasses.replace(config, optimizers=(name,), seeds=(seed,))
+  run = config.run(name, seeds=(seed,))
   try:
     return replace_from_strings(run, options)
   except ValueError as error:
@@ -113,15 +112,9 @@ def train_and_evaluate(
       record["diagnostics"] = diagnose(state)
     return record
 
-  def epoch_batches(epoch):
-    order = data.epoch_order(len(dataset.train.labels), config.batch_size, config.seed, epoch)
-    return data.split_batches(dataset.train, order, batched)
-
-  step = functools.partial(train.train_step, augment=augment.augment)
   return train.fit(
-      workdir, state, name=config.optimizer, epochs=config.epochs, settings=json_values(config),
-      checkpoint_every_epoch=config.checkpoint, steps=steps, epoch_batches=epoch_batches,
-      compile_step=lambda state: train.compile_train_step(
-          step, state, config.batch_size, mesh, input_shape=INPUT_SHAPE, mean=dataset.mean,
-          std=dataset.std),
-      evaluate=evaluate, schedule=make_schedule(config, steps), summary_fields=SUMMARY_FIELDS)
+      config, workdir, state, steps=steps,
+      epoch_batches=data.shuffled_batches(dataset.train, config.batch_size, config.seed, batched),
+      step=functools.partial(train.train_step, augment=augment.augment), mesh=mesh,
+      input_shape=INPUT_SHAPE, mean=dataset.mean, std=dataset.std, evaluate=evaluate,
+      schedule=make_schedule(config, steps), summary_fields=SUMMARY_FIELDS)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None, *, model: nn.Module | None = None) -> in
   rows = []
   for name in config.optimizers:
     records = train.train_and_evaluate(
-        train.run_config(config, name), workdir / name, source, model=model)
+        config.run(name), workdir / name, source, model=model)
     last = records[-1]
     seconds = sum(r["epoch_s"] for r in records)
     rows.append(f"| {name} | {last['epoch']} | {last['train_loss']:.4f} | "

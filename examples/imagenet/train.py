@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from examples.imagenet import data as imagenet_data
 from examples.lib import data, optimizers, train
-from examples.lib.config import json_values, setting
+from examples.lib.config import Comparison, setting
 from examples.lib.optimizers import MASKS, OPTIMIZERS
 from examples.models import convnets
 
@@ -30,11 +30,11 @@ SUMMARY_FIELDS = (("train loss", "train_loss", ".4f"), ("val loss", "val_loss", 
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Comparison):
   """The paper's ImageNet protocol: ResNet-34, batch 1024, lr 1e-2, momentum 0.9, weight decay
   5e-4, 100 epochs, constant learning rate; each of `optimizers` trains once.
 
-  One training run is a `Config` with one optimiser (`run_config`).
+  One training run is a `Config` with one optimiser (`Config.run`).
   """
 
   optimizers: tuple[str, ...] = setting(
@@ -58,16 +58,6 @@ class Config:
   multihost: bool = setting(False, "call jax.distributed.initialize() first")
   checkpoint: bool = setting(True, "--no-checkpoint: no checkpoints (and no resuming)")
   workdir: str | None = setting(None, "where the runs go (default runs/imagenet/<model>-<time>)")
-
-  @property
-  def optimizer(self) -> str:
-    """The optimiser of a one-run config (see `run_config`)."""
-    (name,) = self.optimizers
-    return name
-
-
-def run_config(config: Config, name: str) -> Config:
-  return dataclasses.replace(config, optimizers=(name,))
 
 
 def load_source(config: Config) -> imagenet_data.Source:
@@ -113,10 +103,7 @@ def train_and_evaluate(config: Config, workdir: str | Path,
     return {"val_loss": loss, "val_accuracy": accuracy}
 
   return train.fit(
-      workdir, state, name=config.optimizer, epochs=config.epochs, settings=json_values(config),
-      checkpoint_every_epoch=config.checkpoint, steps=steps,
+      config, workdir, state, steps=steps,
       epoch_batches=lambda epoch: data.global_batches(source.train_batches(epoch), batched),
-      compile_step=lambda state: train.compile_train_step(
-          train.train_step, state, config.batch_size, mesh, input_shape=input_shape,
-          mean=source.mean, std=source.std),
+      step=train.train_step, mesh=mesh, input_shape=input_shape, mean=source.mean, std=source.std,
       evaluate=evaluate, schedule=config.learning_rate, summary_fields=SUMMARY_FIELDS)

@@ -34,6 +34,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
+class Comparison:
+  """For config dataclasses with `optimizers`: one run of the comparison is a config with one."""
+
+  @property
+  def optimizer(self) -> str:
+    """The optimiser of a one-run config (see `run`)."""
+    (name,) = self.optimizers
+    return name
+
+  def run(self, optimizer: str, **changes: Any) -> Any:
+    """The one-run config of `optimizer`, with `changes`."""
+    return dataclasses.replace(self, optimizers=(optimizer,), **changes)
+
+
 def setting(default: Any, help: str = "", **metadata: Any) -> Any:
   """A dataclass field with a default and command-line metadata: `help`, and optionally `flags`,
   `choices`, `separator`."""
@@ -113,11 +127,13 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
   return {k: v for k, v in vars(args).items() if k in names}
 
 
-def parse(cls: type, argv: Sequence[str] | None, base: Any = None, **parser_options) -> Any:
-  """`base` (default `cls()`) with the fields that the flags in `argv` set replaced."""
+def parse(cls: type, argv: Sequence[str] | None, base: Any = None,
+          parser: argparse.ArgumentParser | None = None, **parser_options: Any) -> Any:
+  """`base` (default `cls()`) with the fields that the flags in `argv` set replaced; `parser`
+  defaults to `make_parser(cls, base=base, **parser_options)`."""
   base = cls() if base is None else base
-  args = make_parser(cls, base=base, **parser_options).parse_args(argv)
-  return dataclasses.replace(base, **given(args, cls))
+  parser = parser or make_parser(cls, base=base, **parser_options)
+  return dataclasses.replace(base, **given(parser.parse_args(argv), cls))
 
 
 def json_values(config: Any) -> dict[str, Any]:

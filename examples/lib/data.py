@@ -7,7 +7,7 @@ from (seed, epoch) alone, so a resumed run needs no data-iterator state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import jax
@@ -54,6 +54,18 @@ def split_batches(split: Split, order: Iterable[np.ndarray], sharding) -> Iterat
   """`split`'s images and labels batch by batch in `order`, placed with `sharding` (lazily)."""
   for indices in order:
     yield jax.device_put((split.images[indices], split.labels[indices]), sharding)
+
+
+def shuffled_batches(split: Split, batch_size: int, seed: int,
+                     sharding) -> Callable[[int], Iterator]:
+  """epoch -> `split`'s full batches in that epoch's order (`epoch_order`), placed with
+  `sharding`."""
+
+  def epoch_batches(epoch: int) -> Iterator:
+    order = epoch_order(len(split.labels), batch_size, seed, epoch)
+    return split_batches(split, order, sharding)
+
+  return epoch_batches
 
 
 def pad_batch(images: np.ndarray, labels: np.ndarray, size: int):

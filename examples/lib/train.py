@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from examples.lib import checkpoint
+from examples.lib.config import json_values
 from examples.lib.data import normalise
 
 
@@ -186,26 +187,25 @@ def summary_line(name: str, epochs: int, record: dict,
 
 
 def fit(
-    workdir: Path, state: TrainState, *, name: str, epochs: int, settings: dict,
-    checkpoint_every_epoch: bool = True, steps: int,
-    epoch_batches: Callable[[int], Iterable], compile_step: Callable, evaluate: Callable,
-    schedule: optax.ScalarOrSchedule, summary_fields: Sequence[tuple[str, str, str]],
-    per_step: bool = False,
+    config: Any, workdir: Path, state: TrainState, *, steps: int,
+    epoch_batches: Callable[[int], Iterable], step: Callable, mesh: jax.sharding.Mesh,
+    input_shape: Sequence[int], mean, std, evaluate: Callable, schedule: optax.ScalarOrSchedule,
+    summary_fields: Sequence[tuple[str, str, str]], per_step: bool = False,
 ) -> list[dict]:
   """The epoch loop the examples share: resume, train, evaluate, checkpoint, log each epoch.
 
   Args:
+    config: a one-run config dataclass with `optimizer` (the run's name in the progress bar and
+      summary lines), `epochs`, `batch_size` and `checkpoint` (save an orbax checkpoint after
+      each epoch, and resume from them); saved as config.json, and a checkpoint made under other
+      settings is not resumed (see `checkpoint.check_resumable`).
     workdir: an existing directory for metrics.jsonl, config.json and checkpoints/.
     state: a fresh `TrainState`; replaced by the latest checkpoint's if there is one.
-    name: the run's name in the progress bar and the summary lines (the optimiser).
-    epochs: train until this epoch.
-    settings: the run's configuration as JSON values, saved as config.json; a checkpoint made
-      under other settings is not resumed (see `checkpoint.check_resumable`).
-    checkpoint_every_epoch: save an orbax checkpoint after each epoch (and resume from them).
     steps: steps per epoch.
-    epoch_batches: epoch -> an iterable of at least `steps` placed batches (step_fn's arguments
-      after the state).
-    compile_step: state -> (step_fn, compile seconds), called only if an epoch is left to train.
+    epoch_batches: epoch -> an iterable of at least `steps` placed (images, labels) batches.
+    step: `step(state, images, labels, *, mean, std) -> (state, metrics)`, e.g. `train_step`;
+      compiled by `compile_train_step` (only if an epoch is left to train).
+    mesh, input_shape, mean, std: as in `compile_train_step`.
     evaluate: state -> a dict of evaluation metrics for the epoch's record.
     schedule: the learning rate (logged at the start of each epoch).
     summary_fields: (label, record key, format) of the line printed after each epoch.
@@ -217,12 +217,14 @@ def fit(
     `evaluate` returns, epoch_s (wall time of the whole epoch: training, evaluation, checkpoint)
     and compile_s (in the first epoch a process trains).
   """
-  manager = checkpoint.checkpoint_manager(workdir) if checkpoint_every_epoch else None
-  state, start_epoch, records = checkpoint.resume(settings, workdir, manager, state)
+  name, epochs = config.optimizer, config.epochs
+  manager = checkpoint.checkpoint_manager(workdir) if config.checkpoint else None
+  state, start_epoch, records = checkpoint.resume(json_values(config), workdir, manager, state)
   if start_epoch >= epochs:
     return records
 
-  step_fn, compile_s = compile_step(state)
+  step_fn, compile_s = compile_train_step(
+      step, state, config.batch_size, mesh, input_shape=input_shape, mean=mean, std=std)
   for epoch in range(start_epoch + 1, epochs + 1):
     start = time.perf_counter()
     record = {"epoch": epoch, "learning_rate": learning_rate_at(schedule, state.step)}
