@@ -11,7 +11,6 @@ Booleans that default to True get a `--no-<name>` flag, the others a `--<name>` 
 
 Examples:
   >>> import dataclasses
-import json
   >>> @dataclasses.dataclass(frozen=True)
   ... class Config:
   ...   epochs: int = 3
