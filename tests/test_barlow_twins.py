@@ -25,6 +25,8 @@ from examples.barlow_twins import augment, lars, main, models, train
 from examples.lib import data
 from examples.lib import train as lib_train
 
+pytestmark = pytest.mark.examples
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -294,6 +296,7 @@ def one_step() -> dict:
           "mean": np.asarray(mean).tolist()}
 
 
+@pytest.mark.multidevice
 def test_eight_devices_match_one():
   """The batch sharded over 8 devices: batch norm, standardisation and C are global."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",

@@ -1,10 +1,13 @@
 """Every benchmark runs end to end on its smallest sizes, so none rots (no timings checked)."""
 
+import pytest
+
 from benchmarks import suite
 
 NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "distributed"]
 
 
+@pytest.mark.slow
 def test_suite_smoke(tmp_path, capsys):
   suite.main(["--smoke", "--out", str(tmp_path)])
   out = capsys.readouterr().out

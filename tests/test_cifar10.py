@@ -29,6 +29,8 @@ from examples.lib import train as lib_train
 from examples.models.convnets import MODELS
 from tests import helpers
 
+pytestmark = pytest.mark.examples
+
 REPO = Path(__file__).resolve().parents[1]
 HAS_DIAGNOSTICS = importlib.util.find_spec("orthax.diagnostics") is not None
 TINY = configs.Config(
@@ -284,6 +286,7 @@ print(json.dumps({"devices": t.jax.device_count(), "records": records}))
 """
 
 
+@pytest.mark.multidevice
 def test_eight_devices_match_one(runs, tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}

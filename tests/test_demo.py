@@ -10,6 +10,8 @@ import pytest
 from examples import demo
 from examples.lib import cifar10
 
+pytestmark = pytest.mark.examples
+
 TINY = ["--train-size", "256", "--test-size", "128", "--batch-size", "64", "--epochs", "1"]
 
 

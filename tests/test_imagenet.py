@@ -16,6 +16,8 @@ from examples.imagenet import main, train
 from examples.models import convnets
 from tests import helpers
 
+pytestmark = pytest.mark.examples
+
 
 def test_main_end_to_end_on_synthetic_data(tmp_path, monkeypatch, capsys):
   """Both optimisers, 2 epochs of 4 steps, 40 validation images (the last batch padded), the

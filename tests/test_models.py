@@ -11,6 +11,8 @@ import pytest
 
 from examples.models import convnets
 
+pytestmark = pytest.mark.examples
+
 # torchvision's published counts (ImageNet, 1000 classes).
 TORCHVISION_PARAMETERS = {
     "resnet18": 11_689_512,
@@ -132,7 +134,13 @@ def initial_variables(model: nn.Module, images: jax.Array):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-@pytest.mark.parametrize("name", list(convnets.MODELS))
+# The torchvision-sized models take tens of seconds each on a 2-core CPU.
+SLOW_STEPS = ("resnet50", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "densenet161")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in SLOW_STEPS else name
+    for name in convnets.MODELS])
 def test_one_training_step(name):
   model = convnets.MODELS[name](num_classes=10)
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
