@@ -80,6 +80,18 @@ def parse_value(annotation: Any, text: str, separator: str = ",") -> Any:
   return kind(text)
 
 
+def value_parser(annotation: Any, separator: str = ","):
+  """text -> `parse_value(annotation, text, separator)`, named after the value's type (argparse
+  names it in its error messages)."""
+
+  def parse_text(text: str) -> Any:
+    return parse_value(annotation, text, separator)
+
+  kind, container = value_type(annotation)
+  parse_text.__name__ = f"{container} of {kind.__name__}" if container else kind.__name__
+  return parse_text
+
+
 def flag_names(field: dataclasses.Field) -> tuple[str, ...]:
   return field.metadata.get("flags", ("--" + field.name.replace("_", "-"),))
 
@@ -105,8 +117,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, base: Any = None,
     separator = field.metadata.get("separator", ",")
     shown = separator.join(map(str, default)) if isinstance(default, tuple) else default
     parser.add_argument(
-        *flag_names(field), type=lambda text, a=types_[field.name], s=separator: parse_value(
-            a, text, s),
+        *flag_names(field), type=value_parser(types_[field.name], separator),
         choices=field.metadata.get("choices"),
         help=help_text if default is None else f"{help_text} (default: {shown})".lstrip(),
         **options)
