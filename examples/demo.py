@@ -11,7 +11,7 @@ Only the budget is shorter by default.
     python -m examples.demo --epochs 20 --train-size 45000    # closer to the paper
     python -m examples.demo --synthetic                       # no data set needed
 
-The data is a local CIFAR-10 copy stored as concatenated JPEGs (see examples/cifar10/data.py).
+The data is a local CIFAR-10 copy stored as concatenated JPEGs (see examples/lib/cifar10.py).
 Writes `demo.png` and `metrics.json` (each optimiser's per-epoch metrics) to --workdir (default
 runs/demo).
 """
