@@ -17,6 +17,11 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
+# The library's tests only (no examples, nothing slow or multi-device): a couple of minutes.
+.PHONY: test-fast
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not examples and not slow and not multidevice"
+
 demo: $(STAMP)
 	$(VENV)/bin/python -m examples.demo
 

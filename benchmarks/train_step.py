@@ -17,7 +17,8 @@ import jax
 import optax
 
 from benchmarks import common
-from examples.cifar10 import models, optimizers
+from examples.lib import optimizers
+from examples.models import convnets
 from orthax.polar import single_thread_cpu_lapack
 
 CONTENDERS = {
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     cases, chosen = [("basic_cnn", 8)], list(SMOKE)
   rows = []
   for name, batch in cases:
-    model = models.MODELS[name](num_classes=10)
+    model = convnets.MODELS[name](num_classes=10)
     key = jax.random.key(0)
     images = jax.random.normal(key, (batch, 32, 32, 3))
     labels = jax.random.randint(key, (batch,), 0, 10)

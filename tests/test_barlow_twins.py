@@ -1,11 +1,13 @@
 """Tests of the Barlow Twins example: the loss, LARS's parameter groups, augmentation, training.
 
-Training tests use a tiny backbone (`BACKBONES["tiny"]`, only during these tests) on synthetic
-data; the end-to-end run is shared through a module fixture (each compile costs seconds).
+Training tests pass a tiny backbone (`TinyBackbone`) and train on synthetic data; the end-to-end
+run is shared through a module fixture (each compile costs seconds).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -20,7 +22,10 @@ import optax
 import pytest
 
 from examples.barlow_twins import augment, lars, main, models, train
-from examples.cifar10 import train as cifar_train
+from examples.lib import data
+from examples.lib import train as lib_train
+
+pytestmark = pytest.mark.examples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,17 +41,10 @@ class TinyBackbone(nn.Module):
     return jnp.mean(x, axis=(1, 2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_backbone():
-  """BACKBONES["tiny"] while this module's tests run."""
-  models.BACKBONES["tiny"] = TinyBackbone
-  yield
-  del models.BACKBONES["tiny"]
-
-
 TINY = train.Config(
-    backbone="tiny", projector=(32, 32), epochs=2, warmup_epochs=1, batch_size=32,
-    eval_batch_size=64, synthetic=True, train_size=128, test_size=64, knn_k=10, probe_steps=50)
+    optimizers=("lars",), backbone="tiny", projector=(32, 32), epochs=2, warmup_epochs=1,
+    batch_size=32, eval_batch_size=64, synthetic=True, train_size=128, test_size=64, knn_k=10,
+    probe_steps=50)
 
 
 # --- loss ----------------------------------------------------------------------------------------
@@ -152,7 +150,7 @@ def test_lars_matches_the_authors_per_group(orthogonal):
   params, grads = tiny_tree(0), [tiny_tree(1), tiny_tree(2), tiny_tree(3)]
   lr_w, lr_b = [0.3, 0.2, 0.1], [0.03, 0.02, 0.01]
   options = {"weight_decay": 0.1, "momentum": 0.9, "trust_coefficient": 0.01}
-  make = lars.orthogonal_lars if orthogonal else lars.lars
+  make = lars.orthogonal_authors_lars if orthogonal else lars.authors_lars
   tx = make(lambda step: jnp.array(lr_w)[step], lambda step: jnp.array(lr_b)[step], **options)
   got = run_optimizer(tx, params, grads)
   expected = authors_lars(params, grads, list(zip(lr_w, lr_b, strict=True)), wd=0.1,
@@ -167,7 +165,7 @@ def test_optax_lars_differs_when_the_rate_changes():
   mask = jax.tree.map(lambda p: p.ndim > 1, params)
 
   def both(lr):
-    ours = run_optimizer(lars.lars(lr, lr, weight_decay=0.1), params, grads)
+    ours = run_optimizer(lars.authors_lars(lr, lr, weight_decay=0.1), params, grads)
     theirs = run_optimizer(optax.lars(lr, weight_decay=0.1, weight_decay_mask=mask,
                                       trust_coefficient=1e-3, trust_ratio_mask=mask),
                            params, grads)
@@ -230,7 +228,7 @@ def compared(tmp_path_factory):
           "--batch-size", "32", "--eval-batch-size", "64", "--synthetic", "--train-size", "128",
           "--test-size", "64", "--knn-k", "10", "--knn-every", "1", "--probe-steps", "50",
           "--workdir", str(workdir)]
-  assert main.main(argv) == 0
+  assert main.main(argv, backbone=TinyBackbone()) == 0
   return workdir
 
 
@@ -252,9 +250,9 @@ def test_pretraining_end_to_end(compared):
 
 
 def test_resume_refuses_other_settings(compared):
-  config = train.Config(**{**TINY.__dict__, "optimizer": "lars", "lambd": 0.1})
+  config = dataclasses.replace(TINY, optimizers=("lars",), lambd=0.1)
   with pytest.raises(ValueError, match="lambd"):
-    train.pretrain(config, compared / "lars")
+    train.pretrain(config, compared / "lars", backbone=TinyBackbone())
 
 
 def test_linear_probe_and_knn_separate_separable_features():
@@ -272,7 +270,6 @@ STEP = """
 import json, sys
 import jax, numpy as np
 from tests import test_barlow_twins as t
-t.models.BACKBONES["tiny"] = t.TinyBackbone
 print(json.dumps({"devices": jax.device_count(), **t.one_step()}))
 """
 
@@ -280,17 +277,18 @@ print(json.dumps({"devices": jax.device_count(), **t.one_step()}))
 def one_step() -> dict:
   """One Orthogonal LARS step of the tiny model on a fixed synthetic batch of 64: the loss and
   the updated projector kernel and batch-norm statistics."""
-  config = train.Config(**{**TINY.__dict__, "optimizer": "orthogonal-lars", "batch_size": 64,
-                           "warmup_epochs": 0})
+  config = dataclasses.replace(TINY, optimizers=("orthogonal-lars",), batch_size=64,
+                               warmup_epochs=0)
   dataset = train.load_dataset(config)
-  mesh = cifar_train.make_mesh()
-  model = models.make_model(config.backbone, config.projector)
-  state = cifar_train.create_train_state(config, model, 2, mesh, tx=train.make_tx(config, 2))
-  step, _ = cifar_train.compile_train_step(
-      state, dataset, 64, mesh, step=lambda *a, **k: train.train_step(*a, **k, lambd=0.0051))
-  batch = cifar_train.split_batches(dataset.train, [np.arange(64)],
-                                    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-                                        "data")))
+  mesh = lib_train.make_mesh()
+  model = models.BarlowTwins(TinyBackbone(), config.projector)
+  state = lib_train.create_train_state(
+      model, train.make_tx(config, 2), mesh, seed=config.seed, input_shape=train.INPUT_SHAPE)
+  step, _ = lib_train.compile_train_step(
+      functools.partial(train.train_step, lambd=0.0051), state, 64, mesh,
+      input_shape=train.INPUT_SHAPE, mean=dataset.mean, std=dataset.std)
+  batch = data.split_batches(dataset.train, [np.arange(64)],
+                             jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
   state, metrics = step(state, *next(batch))
   kernel = state.params["projector"]["Dense_0"]["kernel"]
   mean = state.batch_stats["backbone"]["BatchNorm_0"]["mean"]
@@ -298,6 +296,7 @@ def one_step() -> dict:
           "mean": np.asarray(mean).tolist()}
 
 
+@pytest.mark.multidevice
 def test_eight_devices_match_one():
   """The batch sharded over 8 devices: batch norm, standardisation and C are global."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",

@@ -1,11 +1,14 @@
 """Every benchmark runs end to end on its smallest sizes, so none rots (no timings checked)."""
 
+import pytest
+
 from benchmarks import suite
 
 NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "eigh_fallback",
          "distributed"]
 
 
+@pytest.mark.slow
 def test_suite_smoke(tmp_path, capsys):
   suite.main(["--smoke", "--out", str(tmp_path)])
   out = capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Tests of the CIFAR-10 example: data, augmentation, training, resume, data parallelism, compare.
 
-Training tests use a tiny CNN (`MODELS["tiny"]`, only during these tests) on synthetic data,
+Training tests pass a tiny CNN (`helpers.TinyCNN`) as the model and train on synthetic data,
 and share their runs through one module fixture: each compile costs seconds on a 2-core CPU.
 """
 
@@ -20,41 +20,40 @@ import numpy as np
 import optax
 import pytest
 
-from examples.cifar10 import compare, configs, optimizers, train
-from examples.cifar10 import data as data_lib
-from examples.cifar10.models import MODELS
+from examples.cifar10 import augment, compare, configs, train
+from examples.lib import checkpoint, data, optimizers
+from examples.lib import cifar10 as data_lib
+from examples.lib import compare as compare_lib
+from examples.lib import config as config_lib
+from examples.lib import train as lib_train
+from examples.models.convnets import MODELS
 from tests import helpers
+
+pytestmark = pytest.mark.examples
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_DIAGNOSTICS = importlib.util.find_spec("orthax.diagnostics") is not None
-TINY = train.Config(
-    model="tiny", optimizer="orthogonal-sgdm", epochs=1, batch_size=64, eval_batch_size=64,
+TINY = configs.Config(
+    model="tiny", optimizers=("orthogonal-sgdm",), epochs=1, batch_size=64, eval_batch_size=64,
     synthetic=True, train_size=256, validation_size=128, test_size=128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_model():
-  """MODELS["tiny"] while this module's tests run (other modules see MODELS unchanged)."""
-  MODELS["tiny"] = helpers.TinyCNN
-  yield
-  del MODELS["tiny"]
-
-
-def final_state(config: train.Config, workdir: Path) -> train.TrainState:
+def final_state(config: configs.Config, workdir: Path) -> lib_train.TrainState:
   """The state of `workdir`'s latest checkpoint."""
-  state = train.create_train_state(
-      config, train.make_model(config.model), 1, train.make_mesh())
-  return train.restore_checkpoint(train.checkpoint_manager(workdir), state)[0]
+  state = lib_train.create_train_state(
+      helpers.TinyCNN(), train.make_tx(config, 1), lib_train.make_mesh(), seed=config.seed,
+      input_shape=train.INPUT_SHAPE)
+  return checkpoint.restore_checkpoint(checkpoint.checkpoint_manager(workdir), state)[0]
 
 
-def numpy_tree(state: train.TrainState) -> dict:
+def numpy_tree(state: lib_train.TrainState) -> dict:
   return jax.device_get(
       {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state})
 
 
-def run_tiny(workdir: str, config: train.Config = TINY) -> tuple[list[dict], dict]:
+def run_tiny(workdir: str, config: configs.Config = TINY) -> tuple[list[dict], dict]:
   """Trains `config` in `workdir`; its metrics and final state (also run in a subprocess)."""
-  records = train.train_and_evaluate(config, workdir)
+  records = train.train_and_evaluate(config, workdir, model=helpers.TinyCNN())
   return records, numpy_tree(final_state(config, Path(workdir)))
 
 
@@ -158,7 +157,7 @@ def test_download_without_tfds_says_what_to_install(monkeypatch):
 
 def test_augment_crops_and_flips():
   images = jax.random.randint(jax.random.key(1), (32, 32, 32, 3), 1, 256).astype(jnp.uint8)
-  out = np.asarray(jax.jit(data_lib.augment)(images, jax.random.key(2)))
+  out = np.asarray(jax.jit(augment.augment)(images, jax.random.key(2)))
   assert out.shape == images.shape and out.dtype == np.uint8
   padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)))
   found = set()
@@ -174,10 +173,10 @@ def test_augment_crops_and_flips():
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():
-  order = train.epoch_order(100, 32, seed=0, epoch=1)
+  order = data.epoch_order(100, 32, seed=0, epoch=1)
   assert order.shape == (3, 32) and len(np.unique(order)) == 96
-  np.testing.assert_array_equal(order, train.epoch_order(100, 32, seed=0, epoch=1))
-  assert not np.array_equal(order, train.epoch_order(100, 32, seed=0, epoch=2))
+  np.testing.assert_array_equal(order, data.epoch_order(100, 32, seed=0, epoch=1))
+  assert not np.array_equal(order, data.epoch_order(100, 32, seed=0, epoch=2))
 
 
 # --- optimisers ----------------------------------------------------------------------------------
@@ -264,7 +263,7 @@ def test_resume_is_bit_identical(runs):
 def test_resume_refuses_other_settings(runs):
   other = dataclasses.replace(TINY, learning_rate=0.1, epochs=3)
   with pytest.raises(ValueError, match="learning_rate"):
-    train.train_and_evaluate(other, runs["root"] / "straight")
+    train.train_and_evaluate(other, runs["root"] / "straight", model=helpers.TinyCNN())
 
 
 def test_diagnostics_are_logged(runs):
@@ -281,13 +280,13 @@ SUBPROCESS = """
 import json, sys
 import numpy as np
 from tests import test_cifar10 as t
-t.MODELS["tiny"] = t.helpers.TinyCNN
 records, state = t.run_tiny(sys.argv[1])
 np.savez(sys.argv[1] + "/final.npz", *[np.asarray(x) for x in t.jax.tree.leaves(state)])
 print(json.dumps({"devices": t.jax.device_count(), "records": records}))
 """
 
 
+@pytest.mark.multidevice
 def test_eight_devices_match_one(runs, tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
@@ -314,7 +313,8 @@ def test_compare_end_to_end(tmp_path, capsys):
           "--batch-size", "64", "--eval-batch-size", "64", "--synthetic", "--train-size", "128",
           "--validation-size", "64", "--test-size", "64", "--no-checkpoint", "--target", "0.05",
           "--workdir", str(tmp_path)]
-  assert compare.main(argv) == 0
+  config = config_lib.parse(configs.Config, argv)
+  compare.compare(config, model=helpers.TinyCNN())
   out = capsys.readouterr().out
   assert "| optimiser | final train loss | test loss | test accuracy |" in out
   assert "| sgdm |" in out and "| orthogonal-sgdm@mask=conv |" in out
@@ -323,12 +323,14 @@ def test_compare_end_to_end(tmp_path, capsys):
   results = json.loads((tmp_path / "results.json").read_text())["results"]
   assert set(results) == {"sgdm", "orthogonal-sgdm@mask=conv"}
   assert results["sgdm"][0]["epoch"] == [1]
+  saved = json.loads((tmp_path / "orthogonal-sgdm_mask-conv/seed0/config.json").read_text())
+  assert saved["optimizers"] == ["orthogonal-sgdm"] and saved["mask"] == "conv"
 
 
 def test_table_shows_mean_and_std_over_seeds():
   run = {"train_loss": [1.0], "test_loss": [1.0], "test_accuracy": [0.5],
          "val_accuracy": [0.4], "wall_s": 1.0, "mean_step_ms": 2.0}
-  table = compare.results_table({"sgdm": [run, {**run, "test_accuracy": [0.7]}]}, target=0.5)
+  table = compare_lib.results_table({"sgdm": [run, {**run, "test_accuracy": [0.7]}]}, target=0.5)
   assert "| sgdm |" in table and "60.00 ± 14.14%" in table and "| - |" in table
 
 
@@ -337,33 +339,44 @@ def test_missing_data_exits_2(tmp_path, capsys):
   assert "ORTHAX_CIFAR10" in capsys.readouterr().err
 
 
+def test_bad_optimizer_label_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    compare.main(["--optimizers", "sgdm,orthogonal-sgd", "--synthetic"])
+  assert exit_.value.code == 2 and "orthogonal-sgdm" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", sorted(configs.CONFIGS))
-def test_configs_are_valid_compare_commands(name):
-  for argv in configs.CONFIGS[name](seeds=(0, 1), workdir="/tmp/x"):
-    args = compare.parse_args(argv)
-    assert args.model in MODELS and compare.seeds(args) == [0, 1]
-    for spec in args.optimizers.split(","):
-      optimizers.check_name(compare.parse_spec(spec)[0], compare.parse_spec(spec)[1].get(
-          "mask", args.mask))
+def test_presets_are_valid_comparisons(name):
+  for config in configs.CONFIGS[name](workdir="/tmp/x"):
+    assert config.model in MODELS and config.workdir.startswith(f"/tmp/x/{name}/")
+    compare.check(config)
 
 
-def test_config_flags_override_presets():
-  given = compare.given_flags(["--config", "table1", "--epochs", "2", "--synthetic"])
-  assert given == {"config": "table1", "epochs": 2, "synthetic": True}
+def test_flags_override_presets():
+  args = compare.make_parser().parse_args(["--config", "table1", "--epochs", "2", "--synthetic"])
+  assert args.config == "table1"
+  assert config_lib.given(args, configs.Config) == {"epochs": 2, "synthetic": True}
   assert len(configs.table1()) == len(configs.TABLE1_MODELS)
   assert len(configs.table1("resnet20")) == 1
   assert len(configs.table3()) == 6
+  assert configs.fig11()[0].seeds == (1, 2, 3) and configs.table1()[0].seeds == (0,)
+  assert config_lib.parse(configs.Config, ["--seed", "3"]).seeds == (3,)
+  assert config_lib.parse(configs.Config, ["--lr", "0.1"]).learning_rate == 0.1
 
 
-def test_optimizer_spec_options():
-  assert compare.parse_spec("orthogonal-sgdm@mask=conv@rtol=0.01") == (
-      "orthogonal-sgdm", {"mask": "conv", "rtol": 0.01})
+def test_optimizer_label_settings():
+  run = train.run_config(configs.Config(), "orthogonal-sgdm@mask=conv@rtol=0.01@lr=0.1", 2)
+  assert (run.optimizer, run.seed, run.mask, run.rtol, run.learning_rate) == (
+      "orthogonal-sgdm", 2, "conv", 0.01, 0.1)
   with pytest.raises(ValueError, match="key=value"):
-    compare.parse_spec("sgdm@lr")
+    train.run_config(configs.Config(), "sgdm@lr", 0)
+  with pytest.raises(ValueError, match="Unknown setting 'colour'"):
+    train.run_config(configs.Config(), "sgdm@colour=red", 0)
 
 
 def test_step_schedule_divides_by_ten():
-  config = train.Config(learning_rate=0.1, schedule="step", decay_epochs=(2, 3))
+  config = configs.Config(learning_rate=0.1, schedule="step", decay_epochs=(2, 3),
+                          optimizers=("sgdm",))
   schedule = train.make_schedule(config, steps_per_epoch=10)
   assert [float(schedule(s)) for s in (0, 19, 20, 30)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
   assert isinstance(train.make_tx(config, 10), optax.GradientTransformation)

@@ -41,6 +41,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_resnet50_gradient_tree_updates_and_finishes():
   env = {k: v for k, v in os.environ.items()
          if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "ORTHAX_LAPACK_THREADS")}

@@ -4,18 +4,15 @@ import json
 import os
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from examples import demo
+from examples.lib import cifar10
+
+pytestmark = pytest.mark.examples
 
 TINY = ["--train-size", "256", "--test-size", "128", "--batch-size", "64", "--epochs", "1"]
-
-
-def test_basic_cnn_has_24714_parameters():
-    variables = jax.eval_shape(demo.init_variables, demo.BasicCNN(), jax.random.key(0))
-    assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 24_714
 
 
 def check_outputs(out: Path, stdout: str) -> None:
@@ -31,7 +28,7 @@ def check_outputs(out: Path, stdout: str) -> None:
 
 
 def test_demo_on_synthetic_data(tmp_path, capsys):
-    assert demo.main(["--synthetic", *TINY, "--out", str(tmp_path)]) == 0
+    assert demo.main(["--synthetic", *TINY, "--workdir", str(tmp_path)]) == 0
     check_outputs(tmp_path, capsys.readouterr().out)
 
 
@@ -42,8 +39,8 @@ def test_demo_without_data_says_how_to_find_it(tmp_path, capsys):
 
 
 def test_demo_on_local_cifar10(tmp_path, capsys):
-    path = Path(os.environ.get("ORTHAX_CIFAR10", demo.DEFAULT_DATA))
+    path = Path(os.environ.get("ORTHAX_CIFAR10", cifar10.DEFAULT_PATH))
     if not path.is_file():
         pytest.skip(f"no local CIFAR-10 copy at {path}")
-    assert demo.main(["--data", str(path), *TINY, "--out", str(tmp_path)]) == 0
+    assert demo.main(["--data", str(path), *TINY, "--workdir", str(tmp_path)]) == 0
     check_outputs(tmp_path, capsys.readouterr().out)

@@ -11,18 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.cifar10 import train as cifar_train
-from examples.cifar10.models import MODELS, count_parameters
 from examples.imagenet import data as data_lib
 from examples.imagenet import main, train
+from examples.models import convnets
 from tests import helpers
 
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_model():
-  MODELS["tiny"] = helpers.TinyCNN
-  yield
-  del MODELS["tiny"]
+pytestmark = pytest.mark.examples
 
 
 def test_main_end_to_end_on_synthetic_data(tmp_path, monkeypatch, capsys):
@@ -33,7 +27,7 @@ def test_main_end_to_end_on_synthetic_data(tmp_path, monkeypatch, capsys):
   argv = ["--model", "tiny", "--num-classes", "5", "--image-size", "32", "--batch-size", "16",
           "--eval-batch-size", "16", "--epochs", "2", "--synthetic", "--train-size", "64",
           "--test-size", "40", "--multihost", "--workdir", str(tmp_path)]
-  assert main.main(argv) == 0
+  assert main.main(argv, model=helpers.TinyCNN(num_classes=5)) == 0
   assert calls == [1]
   out = capsys.readouterr().out
   assert "| sgdm | 2 |" in out and "| orthogonal-sgdm | 2 |" in out
@@ -44,19 +38,18 @@ def test_main_end_to_end_on_synthetic_data(tmp_path, monkeypatch, capsys):
       assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
       assert 0 <= r["val_accuracy"] <= 1 and r["learning_rate"] == 1e-2
     saved = json.loads((tmp_path / name / "config.json").read_text())
-    assert saved["image_size"] == 32 and saved["optimizer"] == name
+    assert saved["image_size"] == 32 and saved["optimizers"] == [name]
     assert (tmp_path / name / "checkpoints").is_dir()
 
 
 def test_the_real_run_is_resnet34_with_the_paper_protocol():
   config = train.Config()
   assert (config.model, config.batch_size, config.learning_rate, config.momentum,
-          config.weight_decay, config.epochs, config.schedule) == (
-              "resnet34", 1024, 1e-2, 0.9, 5e-4, 100, "constant")
-  model = cifar_train.make_model(config.model, config.num_classes)
+          config.weight_decay, config.epochs) == ("resnet34", 1024, 1e-2, 0.9, 5e-4, 100)
+  model = convnets.make_model(config.model, config.num_classes)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
-  assert count_parameters(shapes["params"]) == 21_797_672  # torchvision's resnet34
+  assert convnets.count_parameters(shapes["params"]) == 21_797_672  # torchvision's resnet34
 
 
 def test_synthetic_evaluation_pads_with_weight_zero():

@@ -1,4 +1,4 @@
-"""Parameter counts and one training step for every model in examples/cifar10/models.py."""
+"""Parameter counts and one training step for every model in examples/models/convnets.py."""
 
 import functools
 
@@ -9,7 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from examples.cifar10 import models
+from examples.models import convnets
+
+pytestmark = pytest.mark.examples
 
 # torchvision's published counts (ImageNet, 1000 classes).
 TORCHVISION_PARAMETERS = {
@@ -43,14 +45,14 @@ def cifar_resnet_parameters(depth: int, num_classes: int = 10) -> int:
 
 def parameter_count(name: str, num_classes: int) -> int:
   """Counts from shapes alone: `jax.eval_shape` traces `init` without computing anything."""
-  model = models.MODELS[name](num_classes=num_classes)
+  model = convnets.MODELS[name](num_classes=num_classes)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  return models.count_parameters(variables["params"])
+  return convnets.count_parameters(variables["params"])
 
 
 def test_models_are_the_ones_asked_for():
-  assert set(models.MODELS) == {
+  assert set(convnets.MODELS) == {
       "basic_cnn", *(f"resnet{d}" for d in CIFAR_RESNET_PARAMETERS), *TORCHVISION_PARAMETERS}
 
 
@@ -75,11 +77,11 @@ def test_cifar_resnet_parameter_counts(depth):
 
 def test_cifar_resnet_depth_must_be_6n_plus_2():
   with pytest.raises(ValueError, match=r"depth = 6n \+ 2"):
-    models.CifarResNet(depth=21).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    convnets.CifarResNet(depth=21).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
 
 def test_basic_block_refuses_groups():
-  model = models.ResNet(stage_sizes=(1,), block_cls=models.BasicBlock, groups=2)
+  model = convnets.ResNet(stage_sizes=(1,), block_cls=convnets.BasicBlock, groups=2)
   with pytest.raises(ValueError, match="use Bottleneck"):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
 
@@ -132,9 +134,15 @@ def initial_variables(model: nn.Module, images: jax.Array):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-@pytest.mark.parametrize("name", list(models.MODELS))
+# The torchvision-sized models take tens of seconds each on a 2-core CPU.
+SLOW_STEPS = ("resnet50", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "densenet161")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in SLOW_STEPS else name
+    for name in convnets.MODELS])
 def test_one_training_step(name):
-  model = models.MODELS[name](num_classes=10)
+  model = convnets.MODELS[name](num_classes=10)
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   labels = jnp.array([3, 7])
   variables = initial_variables(model, images)

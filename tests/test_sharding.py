@@ -20,6 +20,8 @@ from tests import helpers
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.multidevice
+@pytest.mark.slow
 def test_on_eight_simulated_devices():
   """Runs tests/sharded_checks.py with 8 simulated CPU devices (a fresh jax process)."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}

@@ -27,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from examples.cifar10 import data as data_lib
+from examples.lib.data import normalise
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -127,4 +127,4 @@ def two_views(images: jax.Array, key: jax.Array, mean, std) -> tuple[jax.Array, 
   """The two differently augmented, normalised views of a batch of uint8 images."""
   key1, key2 = jax.random.split(key)
   views = (view(images, key1, SOLARISE_P[0]), view(images, key2, SOLARISE_P[1]))
-  return tuple(data_lib.normalise(v * 255.0, mean, std) for v in views)
+  return tuple(normalise(v * 255.0, mean, std) for v in views)

@@ -16,9 +16,9 @@ follow one schedule: linear warmup from 0, then a cosine decay to 1/1000 of the 
 its own step; the authors' buffer is rescaled by the current rate at every step. The two agree for
 a constant rate and differ during warmup and decay (just after warmup, optax's buffer still holds
 the small early rates). It has one learning rate for every leaf. And its masks default to
-decaying and adapting every leaf, biases and batch norm included. `lars` below is the authors'
-order and grouping: `optax.multi_transform` over the two groups, each an `optax.chain` ending in
-`trace` then `scale_by_learning_rate`.
+decaying and adapting every leaf, biases and batch norm included. `authors_lars` below is the
+authors' order and grouping: `optax.multi_transform` over the two groups, each an `optax.chain`
+ending in `trace` then `scale_by_learning_rate`.
 
 Orthogonal LARS, as in Tuddenham et al. (Sec. 2.3.4), replaces each convolution kernel's gradient
 by U V^T first (`orthax.orthogonalise_components` with `orthax.masks.conv_kernels`; the dense
@@ -62,7 +62,7 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> optax.Sch
   return schedule
 
 
-def lars(
+def authors_lars(
     weights_learning_rate: optax.ScalarOrSchedule,
     biases_learning_rate: optax.ScalarOrSchedule,
     *,
@@ -93,17 +93,18 @@ def lars(
   return optax.multi_transform({WEIGHTS: weights, BIASES: biases}, parameter_groups)
 
 
-def orthogonal_lars(
+def orthogonal_authors_lars(
     weights_learning_rate: optax.ScalarOrSchedule,
     biases_learning_rate: optax.ScalarOrSchedule,
     *,
     method: str = "auto",
     **lars_options,
 ) -> optax.GradientTransformation:
-  """U V^T of every convolution kernel's gradient, then `lars`."""
+  """U V^T of every convolution kernel's gradient (`orthax.orthogonalise_components`), then
+  `authors_lars`. (`orthax.orthogonal_lars` is U V^T then `optax.lars`, with optax's order.)"""
   return optax.chain(
       orthax.orthogonalise_components(method, mask=orthax.masks.conv_kernels),
-      lars(weights_learning_rate, biases_learning_rate, **lars_options),
+      authors_lars(weights_learning_rate, biases_learning_rate, **lars_options),
   )
 
 
@@ -126,5 +127,5 @@ def make_optimizer(
   rates = [warmup_cosine(base * scale, total_steps, warmup_steps)
            for base in (weights_learning_rate, biases_learning_rate)]
   if name == "orthogonal-lars":
-    return orthogonal_lars(*rates, method=method, **lars_options)
-  return lars(*rates, **lars_options)
+    return orthogonal_authors_lars(*rates, method=method, **lars_options)
+  return authors_lars(*rates, **lars_options)

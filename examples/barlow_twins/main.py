@@ -11,53 +11,19 @@ the paper's Fig. 7) to the workdir and prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime
 import json
 import shlex
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
 
-from examples.barlow_twins import lars, models, train
-from examples.cifar10 import data as data_lib
-
-
-def make_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-  add = parser.add_argument
-  defaults = train.Config()
-  add("--optimizers", default="lars,orthogonal-lars",
-      help=f"comma-separated, from {', '.join(lars.OPTIMIZERS)}")
-  add("--backbone", default=defaults.backbone, choices=sorted(models.BACKBONES))
-  add("--projector", default="-".join(map(str, defaults.projector)),
-      help="projector sizes, e.g. 2048-2048-2048 (the authors': 8192-8192-8192)")
-  add("--warmup-epochs", type=float, default=defaults.warmup_epochs)
-  for name in ("epochs", "batch_size", "eval_batch_size", "seed", "knn_every",
-               "knn_k", "probe_steps"):
-    add("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-  for name in ("weights_learning_rate", "biases_learning_rate", "weight_decay", "momentum",
-               "trust_coefficient", "lambd", "knn_temperature", "probe_learning_rate"):
-    add("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-  add("--method", default=defaults.method, help="orthax method for Orthogonal LARS")
-  add("--train-size", type=int, default=None, help="first N of the 45k training images")
-  add("--test-size", type=int, default=None, help="first N of the 10k test images")
-  add("--data", default=None, help="cifar10_jpeg.npz (default: $ORTHAX_CIFAR10, tfds, local)")
-  add("--synthetic", action="store_true", help="synthetic data (tests; no real accuracy)")
-  add("--no-checkpoint", dest="checkpoint", action="store_false")
-  add("--workdir", default=None, help="default runs/barlow_twins/<time>")
-  return parser
-
-
-def make_config(args: argparse.Namespace, optimizer: str) -> train.Config:
-  fields = {f.name for f in dataclasses.fields(train.Config)}
-  options = {k: v for k, v in vars(args).items() if k in fields}
-  projector = tuple(int(size) for size in args.projector.split("-"))
-  return train.Config(**{**options, "optimizer": optimizer, "projector": projector})
+from examples.barlow_twins import lars, train
+from examples.lib import cifar10 as cifar_data
+from examples.lib import config as config_lib
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
@@ -95,22 +61,24 @@ def results_table(results: dict[str, list[dict]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, backbone: nn.Module | None = None) -> int:
+  """The command line; `backbone` replaces the network --backbone names (for tests)."""
   argv = sys.argv[1:] if argv is None else argv
-  args = make_parser().parse_args(argv)
-  names = args.optimizers.split(",")
-  for name in names:
+  parser = config_lib.make_parser(train.Config, __doc__)
+  config = config_lib.parse(train.Config, argv, parser=parser)
+  for name in config.optimizers:
     if name not in lars.OPTIMIZERS:
-      make_parser().error(f"unknown optimiser {name!r}; choose from {', '.join(lars.OPTIMIZERS)}")
+      parser.error(f"unknown optimiser {name!r}; choose from {', '.join(lars.OPTIMIZERS)}")
   time_tag = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  workdir = Path(args.workdir or f"runs/barlow_twins/{time_tag}")
+  workdir = Path(config.workdir or f"runs/barlow_twins/{time_tag}")
   try:
-    dataset = train.load_dataset(make_config(args, names[0]))
-  except data_lib.DataNotFoundError as error:
+    dataset = train.load_dataset(config)
+  except cifar_data.DataNotFoundError as error:
     print(error, file=sys.stderr)
     return 2
-  results = {name: train.pretrain(make_config(args, name), workdir / name, dataset)
-             for name in names}
+  results = {name: train.pretrain(config.run(name), workdir / name, dataset,
+                                  backbone=backbone)
+             for name in config.optimizers}
   command = "python -m examples.barlow_twins.main " + shlex.join(argv)
   device = f"{jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}"
   workdir.mkdir(parents=True, exist_ok=True)

@@ -21,16 +21,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from examples.cifar10 import models as cifar_models
+from examples.models import convnets
 
 LAMBDA = 0.0051  # the authors' weight of the off-diagonal terms
 
 # Backbones: constructors of modules mapping (images, train) to pooled features.
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
-    "resnet18": functools.partial(cifar_models.ResNet18, num_classes=None, cifar_stem=True),
-    "resnet18_imagenet_stem": functools.partial(cifar_models.ResNet18, num_classes=None),
-    "resnet50": functools.partial(cifar_models.ResNet50, num_classes=None),
-    "resnet20": functools.partial(cifar_models.ResNet20, num_classes=None),  # 64 features
+    "resnet18": functools.partial(convnets.ResNet18, num_classes=None, cifar_stem=True),
+    "resnet18_imagenet_stem": functools.partial(convnets.ResNet18, num_classes=None),
+    "resnet50": functools.partial(convnets.ResNet50, num_classes=None),
+    "resnet20": functools.partial(convnets.ResNet20, num_classes=None),  # 64 features
 }
 
 
@@ -41,7 +41,7 @@ class Projector(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = cifar_models.batch_norm(train)
+    norm = convnets.batch_norm(train)
     for size in self.sizes[:-1]:
       x = nn.relu(norm()(nn.Dense(size, use_bias=False)(x)))
     return nn.Dense(self.sizes[-1], use_bias=False)(x)

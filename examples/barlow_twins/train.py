@@ -1,10 +1,11 @@
 """Barlow Twins pretraining on CIFAR-10 with LARS or Orthogonal LARS, then a linear probe.
 
-The epoch loop, checkpoints, resuming, metrics.jsonl and data parallelism are the CIFAR-10
-example's (`examples.cifar10.train.fit`); this module supplies the Barlow Twins step and the
-evaluation. The global batch is sharded over a ("data",) mesh of every local device and one
-`jax.jit` step computes on it, so batch norm statistics, the embeddings' standardisation and the
-cross-correlation are over the global batch (what the authors' SyncBatchNorm and all-reduce do).
+The epoch loop, checkpoints, resuming, metrics.jsonl and data parallelism are the examples'
+trainer's (`examples.lib.train.fit`), the data `examples.lib.cifar10`; this module supplies the
+Barlow Twins step and the evaluation. The global batch is sharded over a ("data",) mesh of every
+local device and one `jax.jit` step computes on it, so batch norm statistics, the embeddings'
+standardisation and the cross-correlation are over the global batch (what the authors'
+SyncBatchNorm and all-reduce do).
 
 Each view is a separate forward pass, as in the authors' code, so batch norm sees one view's
 batch at a time; the running statistics are updated by view 1, then view 2.
@@ -22,6 +23,7 @@ import functools
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,45 +32,54 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from examples.barlow_twins import augment, lars, models
-from examples.cifar10 import data as data_lib
-from examples.cifar10 import train as cifar_train
+from examples.lib import cifar10 as cifar_data
+from examples.lib import data, train
+from examples.lib.config import Comparison, setting
+
+INPUT_SHAPE = (32, 32, 3)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """One pretraining run. Defaults: the authors' LARS settings with solo-learn's CIFAR-10 network
-  (ResNet-18 with a 3x3 stem, projector 2048-2048-2048, batch 256)."""
+class Config(Comparison):
+  """Pretraining with each of `optimizers`, same seed. Defaults: the authors' LARS settings with
+  solo-learn's CIFAR-10 network (ResNet-18 with a 3x3 stem, projector 2048-2048-2048, batch 256).
 
-  backbone: str = "resnet18"
-  optimizer: str = "lars"  # or "orthogonal-lars"
-  projector: tuple[int, ...] = (2048, 2048, 2048)
+  One pretraining run is a `Config` with one optimiser (`Config.run`).
+  """
+
+  optimizers: tuple[str, ...] = setting(
+      ("lars", "orthogonal-lars"), f"comma-separated, from {', '.join(lars.OPTIMIZERS)}")
+  backbone: str = setting("resnet18", f"one of {', '.join(models.BACKBONES)}")
+  projector: tuple[int, ...] = setting(
+      (2048, 2048, 2048), "projector sizes (the authors': 8192-8192-8192)", separator="-")
   epochs: int = 100
-  warmup_epochs: float = 10
+  warmup_epochs: float = setting(10, "may be fractional")
   batch_size: int = 256
   eval_batch_size: int = 512
-  weights_learning_rate: float = 0.2  # times batch_size / 256
-  biases_learning_rate: float = 0.0048  # times batch_size / 256
+  weights_learning_rate: float = setting(0.2, "times batch_size / 256")
+  biases_learning_rate: float = setting(0.0048, "times batch_size / 256")
   weight_decay: float = 1.5e-6
   momentum: float = 0.9
   trust_coefficient: float = 1e-3
   lambd: float = models.LAMBDA
-  method: str = "auto"
+  method: str = setting("auto", "orthax method for Orthogonal LARS")
   seed: int = 0
-  data: str | None = None
-  synthetic: bool = False
-  train_size: int | None = None
-  test_size: int | None = None
-  knn_every: int = 0  # epochs between k-NN evaluations; 0: after the last epoch only
+  data: str | None = setting(None, "cifar10_jpeg.npz (default: $ORTHAX_CIFAR10, tfds, local)")
+  synthetic: bool = setting(False, "synthetic data (tests; no real accuracy)")
+  train_size: int | None = setting(None, "first N of the 45k training images")
+  test_size: int | None = setting(None, "first N of the 10k test images")
+  knn_every: int = setting(0, "epochs between k-NN evaluations; 0: after the last epoch only")
   knn_k: int = 200
   knn_temperature: float = 0.1
   probe_steps: int = 1000
   probe_learning_rate: float = 1e-2
-  checkpoint: bool = True
+  checkpoint: bool = setting(True, "--no-checkpoint: no checkpoints (and no resuming)")
+  workdir: str | None = setting(None, "where the runs go (default runs/barlow_twins/<time>)")
 
 
-def load_dataset(config: Config) -> data_lib.Dataset:
+def load_dataset(config: Config) -> cifar_data.Dataset:
   """The CIFAR-10 45k training split (pretraining, the probe's training set) and the test set."""
-  return data_lib.load(config.data, train_size=config.train_size, validation_size=0,
+  return cifar_data.load(config.data, train_size=config.train_size, validation_size=0,
                        test_size=config.test_size, synthetic=config.synthetic)
 
 
@@ -82,7 +93,7 @@ def make_tx(config: Config, steps_per_epoch: int) -> optax.GradientTransformatio
       trust_coefficient=config.trust_coefficient)
 
 
-def train_step(state: cifar_train.TrainState, images, labels, *, mean, std, lambd: float):
+def train_step(state: train.TrainState, images, labels, *, mean, std, lambd: float):
   """One LARS step on the Barlow Twins loss of two augmented views of a global batch (the labels
   are not used)."""
   del labels
@@ -107,7 +118,7 @@ def make_features_fn(model: models.BarlowTwins, mean, std, mesh):
   """Backbone features of uint8 images (eval-mode batch norm), jitted once per model."""
 
   def features(variables, images):
-    return model.apply(variables, data_lib.normalise(images, mean, std),
+    return model.apply(variables, data.normalise(images, mean, std),
                        method=models.BarlowTwins.features)
 
   return jax.jit(features, out_shardings=NamedSharding(mesh, P("data")))
@@ -117,7 +128,7 @@ def extract_features(state, features_fn, split, batch_size: int, mesh) -> np.nda
   """(n, d) float32 features of every image of `split`, in order."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   chunks = []
-  batches = cifar_train.padded_batches(split, batch_size, NamedSharding(mesh, P("data")))
+  batches = data.padded_batches(split, batch_size, NamedSharding(mesh, P("data")))
   for images, _, weights in batches:
     count = int(jax.device_get(weights).sum())
     chunks.append(np.asarray(jax.device_get(features_fn(variables, images)))[:count])
@@ -180,7 +191,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *, st
           "probe_test_accuracy": accuracy(x_test, test_labels)}
 
 
-def evaluate(state, config: Config, dataset: data_lib.Dataset, model, mesh, *,
+def evaluate(state, config: Config, dataset: cifar_data.Dataset, model, mesh, *,
              probe: bool) -> dict[str, float]:
   """k-NN accuracy on the test set, and the linear probe's accuracies when `probe`."""
   start = time.perf_counter()
@@ -199,18 +210,16 @@ def evaluate(state, config: Config, dataset: data_lib.Dataset, model, mesh, *,
   return record
 
 
-def summary_line(config: Config, record: dict) -> str:
-  evaluation = "".join(f", {key} {record[key]:.4f}" for key in (
-      "knn_accuracy", "probe_test_accuracy") if key in record)
-  return (f"{config.optimizer} epoch {record['epoch']}/{config.epochs}: train loss "
-          f"{record['train_loss']:.2f}{evaluation}, {record['epoch_s']:.1f} s")
+SUMMARY_FIELDS = (("train loss", "train_loss", ".2f"), ("knn_accuracy", "knn_accuracy", ".4f"),
+                  ("probe_test_accuracy", "probe_test_accuracy", ".4f"))
 
 
-def pretrain(config: Config, workdir: str | Path,
-             dataset: data_lib.Dataset | None = None) -> list[dict]:
-  """Pretrains `config.epochs` epochs (resuming from `workdir`), evaluating as configured.
+def pretrain(config: Config, workdir: str | Path, dataset: cifar_data.Dataset | None = None, *,
+             backbone: nn.Module | None = None) -> list[dict]:
+  """Pretrains the run `config` describes (one optimiser) for `config.epochs` epochs (resuming
+  from `workdir`), evaluating as configured; `backbone` replaces `config.backbone`'s network.
 
-  Returns one record per epoch (see `examples.cifar10.train.fit`): train_loss (the Barlow Twins
+  Returns one record per epoch (see `examples.lib.train.fit`): train_loss (the Barlow Twins
   loss, mean over the epoch), train_loss_steps (each step's), learning_rate (the weights' group,
   scheduled), step_ms, epoch_s, compile_s, and knn_accuracy on k-NN epochs; the last epoch also
   has probe_train_accuracy and probe_test_accuracy.
@@ -218,11 +227,13 @@ def pretrain(config: Config, workdir: str | Path,
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   dataset = dataset or load_dataset(config)
-  mesh = cifar_train.make_mesh()
-  model = models.make_model(config.backbone, config.projector)
-  steps = cifar_train.steps_per_epoch(config, dataset)
-  state = cifar_train.create_train_state(
-      config, model, steps, mesh, tx=make_tx(config, steps))
+  mesh = train.make_mesh()
+  model = (models.BarlowTwins(backbone, config.projector) if backbone is not None
+           else models.make_model(config.backbone, config.projector))
+  steps = data.steps_per_epoch(len(dataset.train.labels), config.batch_size,
+                               config.eval_batch_size)
+  state = train.create_train_state(
+      model, make_tx(config, steps), mesh, seed=config.seed, input_shape=INPUT_SHAPE)
   batched = NamedSharding(mesh, P("data"))
 
   def evaluate_epoch(state):
@@ -232,16 +243,11 @@ def pretrain(config: Config, workdir: str | Path,
       return evaluate(state, config, dataset, model, mesh, probe=last)
     return {}
 
-  def epoch_batches(epoch):
-    order = cifar_train.epoch_order(len(dataset.train.labels), config.batch_size, config.seed,
-                                    epoch)
-    return cifar_train.split_batches(dataset.train, order, batched)
-
-  step = functools.partial(train_step, lambd=config.lambd)
-  schedule = lars.warmup_cosine(config.weights_learning_rate * config.batch_size / 256,
-                                config.epochs * steps, round(config.warmup_epochs * steps))
-  return cifar_train.fit(
-      config, workdir, state, steps=steps, epoch_batches=epoch_batches,
-      compile_step=lambda state: cifar_train.compile_train_step(
-          state, dataset, config.batch_size, mesh, step=step),
-      evaluate=evaluate_epoch, schedule=schedule, summary=summary_line, per_step=True)
+  return train.fit(
+      config, workdir, state, steps=steps,
+      epoch_batches=data.shuffled_batches(dataset.train, config.batch_size, config.seed, batched),
+      step=functools.partial(train_step, lambd=config.lambd), mesh=mesh, input_shape=INPUT_SHAPE,
+      mean=dataset.mean, std=dataset.std, evaluate=evaluate_epoch,
+      schedule=lars.warmup_cosine(config.weights_learning_rate * config.batch_size / 256,
+                                  config.epochs * steps, round(config.warmup_epochs * steps)),
+      summary_fields=SUMMARY_FIELDS, per_step=True)

@@ -12,7 +12,8 @@ so the centre crop of `image_size` is `image_size / (image_size + 32)` of the sh
 -> 224) and centre-cropped. Images stay uint8 (normalised on the device, in the train step).
 
 Multi-host: every process reads its own shard of each split (`tfds.split_for_jax_process`) and
-yields its share of each global batch; `global_batches` assembles the global arrays. Every
+yields its share of each global batch; `examples.lib.data.global_batches` assembles the global
+arrays. Every
 process yields the same number of evaluation batches (padded with weight-0 images), as the
 collectives in the step require.
 """
@@ -25,6 +26,8 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
+
+from examples.lib import data
 
 MEAN = (0.485, 0.456, 0.406)  # torchvision's, of [0, 1] pixels
 STD = (0.229, 0.224, 0.225)
@@ -57,34 +60,14 @@ def local_batch_size(batch_size: int) -> int:
   return batch_size // jax.process_count()
 
 
-def global_batches(batches, sharding) -> Iterator:
-  """Each process's numpy share of a batch as one global array per field, sharded over the
-  mesh (on one process, the same as `jax.device_put`)."""
-  for batch in batches:
-    yield tuple(jax.make_array_from_process_local_data(sharding, x) for x in batch)
-
-
-def pad_batch(images: np.ndarray, labels: np.ndarray, size: int):
-  """(images, labels, weights) padded to `size` rows with weight-0 zeros."""
-  pad = size - len(labels)
-  weights = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
-  images = np.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
-  return images, np.pad(labels, (0, pad)), weights
-
-
 def synthetic(image_size: int, num_classes: int, batch_size: int, *, train_size: int = 256,
               eval_size: int = 128, seed: int = 0) -> Source:
   """Random images around one random pattern per class (learnable), already at `image_size`:
   for tests and for checking a setup without the data."""
   rng = np.random.default_rng(seed)
-  patterns = rng.uniform(0, 255, (num_classes, image_size, image_size, 3))
-
-  def sample(n):
-    labels = rng.integers(0, num_classes, n).astype(np.int32)
-    noise = rng.uniform(0, 255, (n, image_size, image_size, 3))
-    return (0.5 * patterns[labels] + 0.5 * noise).astype(np.uint8), labels
-
-  (train_images, train_labels), (eval_images, eval_labels) = sample(train_size), sample(eval_size)
+  patterns = data.class_patterns(rng, num_classes, image_size)
+  train_images, train_labels = data.synthetic_split(rng, patterns, train_size)
+  eval_images, eval_labels = data.synthetic_split(rng, patterns, eval_size)
   local, start = local_batch_size(batch_size), jax.process_index() * local_batch_size(batch_size)
 
   def train_batches(epoch):
@@ -96,7 +79,7 @@ def synthetic(image_size: int, num_classes: int, batch_size: int, *, train_size:
   def eval_batches():
     for first in range(0, eval_size, batch_size):
       rows = slice(first + start, min(first + start + local, eval_size))
-      yield pad_batch(eval_images[rows], eval_labels[rows], local)
+      yield data.pad_batch(eval_images[rows], eval_labels[rows], local)
 
   return Source(train_batches, eval_batches, train_size, eval_size, MEAN, STD, "synthetic")
 
@@ -169,7 +152,7 @@ def imagenet(data_dir: str | None, image_size: int, batch_size: int, *, seed: in
     for _ in range(eval_steps):  # the same count on every process
       images, labels = next(batches, (np.zeros((0, image_size, image_size, 3), np.uint8),
                                       np.zeros((0,), np.int32)))
-      yield pad_batch(images, labels, local)
+      yield data.pad_batch(images, labels, local)
 
   train_size = builder.info.splits["train"].num_examples
   return Source(train_batches, eval_batches, train_size, eval_size, MEAN, STD,

@@ -1,8 +1,7 @@
-"""CIFAR-10, the paper's way: a fixed 45k/5k train/validation split, on-device augmentation.
+"""CIFAR-10, the paper's way: a fixed 45k/5k train/validation split of the 50k training images.
 
-Images stay uint8 on the host (a quarter of the bytes of float32 to copy to the accelerator);
-`augment` and `normalise` run inside the jitted train step, on the device, vectorised over the
-batch, so the host only gathers indices.
+Images stay uint8 on the host; each example augments and normalises them on the device, inside its
+jitted train step, so the host only gathers indices.
 
 Sources, in this order: the file given as `path` (`--data`), the file named by `$ORTHAX_CIFAR10`,
 tensorflow-datasets' `cifar10` when tensorflow-datasets is importable and the data set is already
@@ -17,14 +16,14 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from examples.lib import data
+from examples.lib.data import Split
 
 DEFAULT_PATH = Path(__file__).resolve().parents[3] / "shared/data/cifar10/cifar10_jpeg.npz"
 TRAIN_SPLIT, VALIDATION_SPLIT, TEST_SPLIT = 45_000, 5_000, 10_000
 SPLIT_SEED = 0  # the validation split is fixed: it never depends on the run's seed
-PADDING = 4
 NO_DATA_MESSAGE = """\
 No CIFAR-10 data found at {path}.
 Point the example at a local copy of cifar10_jpeg.npz, either with
@@ -39,11 +38,6 @@ or run on synthetic data (no meaningful accuracy) with
 
 class DataNotFoundError(FileNotFoundError):
   """No CIFAR-10 source was found; the message says how to point at one."""
-
-
-class Split(NamedTuple):
-  images: np.ndarray  # uint8 (n, 32, 32, 3)
-  labels: np.ndarray  # int32 (n,)
 
 
 class Dataset(NamedTuple):
@@ -134,15 +128,10 @@ def synthetic_splits(sizes: tuple[int | None, int | None, int | None],
                      seed: int = 0) -> tuple[Split, ...]:
   """Random images around one fixed random pattern per class: learnable, needs no files."""
   rng = np.random.default_rng(seed)
-  patterns = rng.uniform(0, 255, (10, 32, 32, 3))
-
-  def sample(n: int) -> Split:
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    noise = rng.uniform(0, 255, (n, 32, 32, 3))
-    return Split((0.5 * patterns[labels] + 0.5 * noise).astype(np.uint8), labels)
-
+  patterns = data.class_patterns(rng, 10, 32)
   defaults = (2048, 512, 512)
-  return tuple(sample(size or default) for size, default in zip(sizes, defaults, strict=True))
+  return tuple(data.synthetic_split(rng, patterns, size or default)
+               for size, default in zip(sizes, defaults, strict=True))
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -195,27 +184,3 @@ def load(
     splits, source = load_npz(local, sizes), f"CIFAR-10 ({local.name})"
   return Dataset(*splits, *channel_stats(splits[0].images), source)
 
-
-def augment(images: jax.Array, key: jax.Array) -> jax.Array:
-  """Random 32x32 crop of each image zero-padded by 4 pixels, then a random horizontal flip.
-
-  The padding is black pixels (0), as torchvision's `RandomCrop(32, padding=4)` on the raw image.
-  One gather for the whole batch; with the batch sharded over devices, each device crops its own
-  images, and the random numbers do not depend on the number of devices.
-  """
-  n, height, width, _ = images.shape
-  crop_key, flip_key = jax.random.split(key)
-  padded = jnp.pad(images, ((0, 0), (PADDING, PADDING), (PADDING, PADDING), (0, 0)))
-  corners = jax.random.randint(crop_key, (n, 2), 0, 2 * PADDING + 1)
-  flip = jax.random.bernoulli(flip_key, 0.5, (n,))
-  rows = corners[:, 0, None] + jnp.arange(height)  # (n, height)
-  cols = corners[:, 1, None] + jnp.arange(width)  # (n, width)
-  cols = jnp.where(flip[:, None], cols[:, ::-1], cols)
-  batch = jnp.arange(n)[:, None, None]
-  return padded[batch, rows[:, :, None], cols[:, None, :]]
-
-
-def normalise(images: jax.Array, mean, std) -> jax.Array:
-  """uint8 pixels to float32, per channel: (x / 255 - mean) / std."""
-  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std

@@ -1,4 +1,4 @@
-"""The CIFAR-10 models of Tuddenham et al. (arXiv:2202.07052) in Flax linen.
+"""The convolutional networks of Tuddenham et al. (arXiv:2202.07052) in Flax linen.
 
 The paper's BasicCNN, He et al.'s CIFAR ResNets, and torchvision's ImageNet ResNets, ResNeXt,
 Wide ResNet and DenseNets. The authors ran the ImageNet architectures on 32x32 images unchanged,
@@ -6,7 +6,8 @@ so these keep their 7x7 stride-2 stem and max-pool, and their last stage sees 1x
 
 Every model takes NHWC float images and is called as `model(x, train)`. Batch norm is PyTorch's
 (momentum 0.1 there is 0.9 here, epsilon 1e-5) and convolutions start as torchvision's do. There
-is no dropout. `MODELS` maps a name to a constructor taking `num_classes`.
+is no dropout. `MODELS` maps a name to a constructor taking `num_classes`; `make_model` looks one
+up.
 
 Examples:
   >>> import jax, jax.numpy as jnp
@@ -280,3 +281,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "densenet121": DenseNet121,
     "densenet161": DenseNet161,
 }
+
+
+def make_model(name: str, num_classes: int = 10) -> nn.Module:
+  """`MODELS[name](num_classes=num_classes)`, or a ValueError naming the choices."""
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; choose from {', '.join(MODELS)}.")
+  return MODELS[name](num_classes=num_classes)

@@ -1,10 +1,10 @@
-"""The optimisers the paper compares, by name, built from orthax and optax primitives.
+"""The optimisers the paper compares, by name, built with orthax's aliases.
 
-Every orthax variant is `optax.chain(direction, add_decayed_weights, base)`: the gradient's
-direction is changed first (U V^T, or a normalisation), then weight decay is added to it, then
-SGD with momentum or Adam runs as usual. That is where PyTorch's `SGD(weight_decay=...)`, which the
-authors used, adds decay, and exactly what `orthax.orthogonal_sgd` and `orthax.orthogonal_adam`
-build; it is rebuilt here to pass `rtol`.
+Every SGD and Adam variant is `orthax.orthogonal_sgd` or `orthax.orthogonal_adam` with its own
+first link (`orthogonaliser=`), `make_direction`: the gradient's direction is changed first (U V^T,
+a normalisation, or nothing for plain SGDM and Adam), then weight decay is added to it, then SGD
+with momentum or Adam runs as usual. That is where PyTorch's `SGD(weight_decay=...)`, which the
+authors used, adds decay.
 
 | name | direction | base |
 | --- | --- | --- |
@@ -17,6 +17,7 @@ build; it is rebuilt here to pass `rtol`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -85,6 +86,18 @@ def muon_dimension_numbers(mask: str):
   return dimension_numbers
 
 
+def make_schedule(
+    learning_rate: float, schedule: str, decay_epochs: Sequence[int], steps_per_epoch: int
+) -> optax.ScalarOrSchedule:
+  """'constant' (the paper's Table 1), or 'step': / 10 at each of `decay_epochs` (Table 2)."""
+  if schedule == "constant":
+    return learning_rate
+  if schedule == "step":
+    return optax.piecewise_constant_schedule(
+        learning_rate, {epoch * steps_per_epoch: 0.1 for epoch in decay_epochs})
+  raise ValueError(f"Unknown schedule {schedule!r}; use 'constant' or 'step'.")
+
+
 def make_optimizer(
     name: str,
     *,
@@ -114,12 +127,10 @@ def make_optimizer(
     return optax.contrib.muon(
         learning_rate, beta=momentum, weight_decay=weight_decay, adam_b1=momentum, adam_b2=b2,
         adam_weight_decay=weight_decay, muon_weight_dimension_numbers=muon_dimension_numbers(mask))
+  direction = make_direction(name, method=method, mask=mask, rtol=rtol)
   if name.endswith("adam"):
-    base = optax.adam(learning_rate, b1=momentum, b2=b2)
-  else:
-    base = optax.sgd(learning_rate, momentum=momentum or None)
-  return optax.chain(
-      make_direction(name, method=method, mask=mask, rtol=rtol),
-      optax.add_decayed_weights(weight_decay),
-      base,
-  )
+    return orthax.orthogonal_adam(
+        learning_rate, b1=momentum, b2=b2, weight_decay=weight_decay, orthogonaliser=direction)
+  return orthax.orthogonal_sgd(
+      learning_rate, momentum=momentum or None, weight_decay=weight_decay,
+      orthogonaliser=direction)
