@@ -15,12 +15,13 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto
 
-# The library's tests only (no examples, nothing slow or multi-device): a couple of minutes.
+# The library's tests only (no examples, nothing slow or multi-device).
+FAST_TIER := -m "not examples and not slow and not multidevice"
 .PHONY: test-fast
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not examples and not slow and not multidevice"
+	$(VENV)/bin/python -m pytest -n auto $(FAST_TIER)
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m examples.demo
@@ -74,8 +75,6 @@ dist-check: $(DIST_STAMP)
 # The declared dependency floors: a fresh environment with every floor of pyproject.toml
 # installed exactly (.ci/floor_constraints.py), running the library's own tests.
 FLOORS_VENV := .venv-floors
-FLOOR_TESTS := tests/test_polar.py tests/test_transform.py tests/test_masks.py \
-	tests/test_layout.py tests/test_errors.py tests/test_diagnostics.py
 
 $(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
 	rm -rf $(FLOORS_VENV)
@@ -89,4 +88,4 @@ $(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
 .PHONY: test-floors
 test-floors: $(FLOORS_VENV)/.installed
 	$(FLOORS_VENV)/bin/python -m pip list | grep -iE '^(jax|jaxlib|optax|numpy|scipy|threadpoolctl|flax) '
-	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider $(FLOOR_TESTS)
+	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider -n auto $(FAST_TIER)

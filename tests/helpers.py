@@ -57,3 +57,11 @@ class TinyCNN(nn.Module):
       x = nn.Conv(features, (3, 3), strides=2)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+def stable_id(value) -> str:
+  """A parametrize id that is the same in every process (pytest-xdist compares them): sets
+  sorted, object addresses dropped."""
+  import re
+  text = repr(sorted(value)) if isinstance(value, (set, frozenset)) else repr(value)
+  return re.sub(r" at 0x[0-9a-f]+", "", text)

@@ -9,20 +9,21 @@ import pytest
 
 from benchmarks import accelerator_evidence as evidence
 
+pytestmark = pytest.mark.slow  # subprocesses that each start jax and compile small models
+
 
 def test_smoke_writes_every_stage_and_the_table1_rows(tmp_path):
   out, runs, archive = tmp_path / "out", tmp_path / "runs", tmp_path / "evidence.tar.gz"
-  rc = evidence.main(["--smoke", "--out", str(out), "--runs", str(runs),
-                      "--archive", str(archive)])
+  # q2 and q3 run the same modules' smoke as tests/test_benchmarks.py; one benchmark stage
+  # exercises the stage plumbing here.
+  rc = evidence.main(["--smoke", "--stages", "q1,table1,lm", "--out", str(out), "--runs",
+                      str(runs), "--archive", str(archive)])
   assert rc == 0
   summary = json.loads((out / "evidence.json").read_text())
   status = {s["stage"]: s["status"] for s in summary["stages"]}
-  assert status == {"q1": "ok", "q2": "ok", "q3-resnet20": "ok",
-                    "q3-resnet50": "skipped (smoke)",
-                    "table1": "sgdm ok, orthogonal-sgdm ok",
+  assert status == {"q1": "ok", "table1": "sgdm ok, orthogonal-sgdm ok",
                     "lm": "skipped (no language-model example yet)"}
-  for name in ("matrix_methods", "tree_update", "train_step"):
-    assert (out / f"{name}.md").read_text().startswith("| "), name
+  assert (out / "matrix_methods.md").read_text().startswith("| ")
   rows = {r["optimiser"]: r for r in summary["table1"]}
   assert set(rows) == {"sgdm", "orthogonal-sgdm"}
   for row in rows.values():
@@ -33,7 +34,7 @@ def test_smoke_writes_every_stage_and_the_table1_rows(tmp_path):
   assert "## Table 1, ResNet-20" in (out / "evidence.md").read_text()
   with tarfile.open(archive) as tar:
     names = tar.getnames()
-  assert "results/evidence.md" in names and "results/train_step.json" in names
+  assert "results/evidence.md" in names and "results/matrix_methods.json" in names
   assert sum(n.endswith("metrics.jsonl") for n in names) == 2
 
 

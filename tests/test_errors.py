@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import orthax
+from tests.helpers import stable_id
 
 PARAMS = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
           "conv": {"kernel": jnp.ones((3, 3, 2, 4))}}
@@ -33,7 +34,7 @@ PARAMS = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
     (dict(method="svd", rtol=jnp.asarray(2.0)), ["rtol"]),
     (dict(method="newton_schulz", steps=jnp.asarray(3)), ["steps", "static_args"]),
     (dict(compute_dtype=jnp.asarray(1.0)), ["compute_dtype", "static_args"]),
-], ids=repr)
+], ids=stable_id)
 def test_orthogonalise_components_arguments(kwargs, names):
   with pytest.raises(ValueError) as info:
     orthax.orthogonalise_components(**kwargs)
@@ -46,7 +47,7 @@ def test_orthogonalise_components_arguments(kwargs, names):
     dict(method="eigh", rtol=np.float64(1e-3)),
     dict(method="newton_schulz", steps=np.int64(3)),
     dict(method="svd", rtol=jnp.asarray(1e-3)),
-], ids=repr)
+], ids=stable_id)
 def test_numpy_scalars_and_concrete_arrays_are_accepted(kwargs):
   """rtol is "a number in [0, 1)" and steps "an integer >= 1": numpy scalars are both.
 
@@ -81,7 +82,7 @@ def test_aliases_check_method_at_build_time(build):
     (orthax.Layout(components=-1, batch=3), ["overlap"]),
     (orthax.Layout(components=(0, 1), batch=(1,)), ["overlap"]),
     (orthax.Layout(components=()), ["components", "at least one axis"]),
-], ids=repr)
+], ids=stable_id)
 def test_bad_layout_raises_at_init_naming_the_parameter(layout, words):
   tx = orthax.orthogonalise_components(layout={"dense": {"kernel": None, "bias": None},
                                                "conv": {"kernel": layout}})
@@ -96,7 +97,7 @@ def test_bad_layout_raises_at_init_naming_the_parameter(layout, words):
 @pytest.mark.parametrize("layout", [
     orthax.Layout(components=(3, -1)),  # Axis 3 twice: -1 is axis 3 of a 4-D kernel.
     orthax.Layout(components=-1, batch=(0, 0)),
-], ids=repr)
+], ids=stable_id)
 def test_layout_repeating_an_axis_raises_at_init_naming_the_parameter(layout):
   """A repeated axis is no valid layout; it must be caught with the others, at init.
 
@@ -175,7 +176,7 @@ def test_mask_selecting_a_scalar_raises():
     orthax.orthogonalise_components(mask={"kernel": True, "temperature": True}).init(params)
 
 
-@pytest.mark.parametrize("patterns", [(), ("",), ("head", 3)], ids=repr)
+@pytest.mark.parametrize("patterns", [(), ("",), ("head", 3)], ids=stable_id)
 def test_exclude_needs_patterns(patterns):
   with pytest.raises(ValueError, match="exclude"):
     orthax.masks.exclude(*patterns)

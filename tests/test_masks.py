@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import orthax
-from tests.helpers import assert_trees_equal, polar_reference
+from tests.helpers import assert_trees_equal, polar_reference, stable_id
 
 
 class Net(nn.Module):
@@ -65,7 +65,7 @@ def test_conv_kernels():
     (("kernel",), set()),
     (("Dense",), KERNELS),  # A name must match whole: Dense is no layer here.
     (("Dense_1/bias",), KERNELS),  # Excluding an unselected leaf changes nothing.
-], ids=repr)
+], ids=stable_id)
 def test_exclude(patterns, expected):
   assert selected(orthax.masks.exclude(*patterns)(linen_params())) == expected
 

@@ -3,7 +3,9 @@
 - `train`: the replicated train state, jitted train and eval steps, the epoch loop `fit`.
 - `checkpoint`: orbax checkpoints, config.json, metrics.jsonl, exact resume.
 - `data`: epoch orders, placed and padded batches, synthetic images, normalisation.
-- `cifar10`: CIFAR-10 with the paper's fixed 45k/5k/10k split (npz copy or tensorflow-datasets).
+- `cifar10`: CIFAR-10 with the paper's fixed 45k/5k/10k split (npz copy, tensorflow-datasets, or
+  the official archive downloaded once).
+- `download`: data sets that fetch themselves: checksum-verified, atomic, cached per user.
 - `optimizers`: the paper's optimisers by name, built with orthax's aliases; schedules.
 - `compare`: several optimisers and seeds: the runs, the markdown table, the plot.
 - `config`: command-line flags from a config dataclass's fields; presets laid under the flags.

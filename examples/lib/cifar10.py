@@ -3,10 +3,15 @@
 Images stay uint8 on the host; each example augments and normalises them on the device, inside its
 jitted train step, so the host only gathers indices.
 
-Sources, in this order: the file given as `path` (`--data`), the file named by `$ORTHAX_CIFAR10`,
-tensorflow-datasets' `cifar10` when tensorflow-datasets is importable and the data set is already
-prepared (it is never downloaded here), and the local copy `cifar10_jpeg.npz` in
-`<repo>/../shared/data/cifar10/`. `synthetic=True` needs no files.
+Sources, in this order:
+1. the file given as `path` (`--data`), else the file named by `$ORTHAX_CIFAR10`: a
+   `cifar10_jpeg.npz` copy or the official `cifar-10-python.tar.gz` (it must exist);
+2. tensorflow-datasets' `cifar10`, when tensorflow-datasets is importable and the data set is
+   prepared (or `download=True`, which lets it download and prepare it);
+3. the local copy `cifar10_jpeg.npz` in `<repo>/../shared/data/cifar10/`;
+4. the official archive in the per-user cache (`examples.lib.download`), downloaded into it once
+   from its public source, checked against its published md5, when nothing above is there.
+`synthetic=True` needs no files.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from examples.lib import data
+from examples.lib import data, download
 from examples.lib.data import Split
 
 DEFAULT_PATH = Path(__file__).resolve().parents[3] / "shared/data/cifar10/cifar10_jpeg.npz"
@@ -31,6 +36,22 @@ Point the example at a local copy of cifar10_jpeg.npz, either with
 or with the environment variable
     ORTHAX_CIFAR10=/path/to/cifar10_jpeg.npz
 or let tensorflow-datasets download it (where the machine can) with
+    --download
+or run on synthetic data (no meaningful accuracy) with
+    --synthetic"""
+OFFLINE_MESSAGE = """\
+No CIFAR-10 data found, and downloading it failed.
+Tried, in this order:
+    --data and $ORTHAX_CIFAR10: neither given
+    tensorflow-datasets' cifar10: {tfds}
+    the local copy {local}: absent
+    the download of {url} into {cache}: {error}
+Where the machine has internet access, run again (an interrupted download is retried; set
+$ORTHAX_DATA_CACHE to keep the download elsewhere). Otherwise point the example at a copy with
+    --data /path/to/cifar10_jpeg.npz (or cifar-10-python.tar.gz)
+or
+    ORTHAX_CIFAR10=/path/to/cifar10_jpeg.npz
+or let tensorflow-datasets download it with
     --download
 or run on synthetic data (no meaningful accuracy) with
     --synthetic"""
@@ -92,6 +113,48 @@ def load_npz(path: Path, sizes: tuple[int | None, int | None, int | None]) -> tu
       images = decode_jpegs(npz[f"{part}_jpeg"], npz[f"{part}_offsets"], indices)
       splits.append(Split(images, npz[f"{part}_labels"][indices].astype(np.int32)))
   return tuple(splits)
+
+
+def load_python_archive(path: Path, sizes: tuple[int | None, int | None, int | None]
+                        ) -> tuple[Split, ...]:
+  """Train, validation and test splits of the official `cifar-10-python.tar.gz`.
+
+  Its five training batches and one test batch are pickled dicts whose b"data" rows hold a
+  32 x 32 image as 3072 channel-major bytes (1024 red, then green, then blue). Unpickling runs
+  code from the file, so only a file that `download.fetch` checked against its published md5,
+  or one you name yourself, is read.
+  """
+  import pickle
+  import tarfile
+
+  batches = {}
+  with tarfile.open(path, "r:gz") as tar:
+    for member in tar.getmembers():
+      name = Path(member.name).name
+      if member.isfile() and name.startswith(("data_batch_", "test_batch")):
+        batches[name] = pickle.load(tar.extractfile(member), encoding="bytes")
+
+  def arrays(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    images = np.concatenate([batches[n][b"data"] for n in names]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([np.asarray(batches[n][b"labels"]) for n in names])
+    return images.transpose(0, 2, 3, 1), labels.astype(np.int32)
+
+  train_images, train_labels = arrays([f"data_batch_{i}" for i in range(1, 6)])
+  test_images, test_labels = arrays(["test_batch"])
+  train_idx, val_idx = split_indices(len(train_labels))
+  test_idx = np.arange(len(test_labels))
+  return tuple(
+      Split(np.ascontiguousarray(images[prefix(indices, size)]), labels[prefix(indices, size)])
+      for images, labels, indices, size in zip(
+          (train_images, train_images, test_images), (train_labels, train_labels, test_labels),
+          (train_idx, val_idx, test_idx), sizes, strict=True))
+
+
+def load_file(path: Path, sizes: tuple[int | None, int | None, int | None]) -> tuple[Split, ...]:
+  """A `cifar10_jpeg.npz` copy, or the official archive (a name ending in .tar.gz)."""
+  if path.name.endswith(".tar.gz"):
+    return load_python_archive(path, sizes)
+  return load_npz(path, sizes)
 
 
 def load_tfds(sizes: tuple[int | None, int | None, int | None],
@@ -159,8 +222,9 @@ def load(
   """CIFAR-10 split 45k/5k/10k (train/validation/test), or prefixes of each split.
 
   Args:
-    path: a cifar10_jpeg.npz file; default `$ORTHAX_CIFAR10`, then a prepared
-      tensorflow-datasets `cifar10`, then the local copy beside the checkout.
+    path: a cifar10_jpeg.npz file or the official cifar-10-python.tar.gz; default
+      `$ORTHAX_CIFAR10`, then a prepared tensorflow-datasets `cifar10`, then the local copy
+      beside the checkout, then the official archive, downloaded once into the per-user cache.
     train_size, validation_size, test_size: use the first N images of each split (short runs);
       None uses the whole split. The split itself is fixed, so prefixes are nested.
     synthetic: random class patterns instead of CIFAR-10 (default 2048/512/512 images).
@@ -171,16 +235,37 @@ def load(
     A `Dataset` whose `mean` and `std` are those of the training images used.
 
   Raises:
-    DataNotFoundError: no source was found; the message says how to name one.
+    DataNotFoundError: no source was found (a named file is missing, or the download failed);
+      the message says what was tried and how to name a source.
   """
   sizes = (train_size, validation_size, test_size)
   if synthetic:
     splits, source = synthetic_splits(sizes), "synthetic"
-  elif path is None and "ORTHAX_CIFAR10" not in os.environ and (
-      tfds := load_tfds(sizes, download)):
-    splits, source = tfds, "CIFAR-10 (tensorflow-datasets)"
-  else:
+  elif path is not None or "ORTHAX_CIFAR10" in os.environ:
     local = find_local_copy(path)
-    splits, source = load_npz(local, sizes), f"CIFAR-10 ({local.name})"
+    splits, source = load_file(local, sizes), f"CIFAR-10 ({local.name})"
+  elif tfds := load_tfds(sizes, download):
+    splits, source = tfds, "CIFAR-10 (tensorflow-datasets)"
+  elif DEFAULT_PATH.is_file():
+    splits, source = load_npz(DEFAULT_PATH, sizes), f"CIFAR-10 ({DEFAULT_PATH.name})"
+  else:
+    archive = fetch_official(download)
+    splits, source = load_python_archive(archive, sizes), f"CIFAR-10 ({archive.name})"
   return Dataset(*splits, *channel_stats(splits[0].images), source)
+
+
+def fetch_official(tfds_download: bool = False) -> Path:
+  """The official archive from the per-user cache, downloaded into it first if needed."""
+  remote = download.REMOTES["cifar10"]
+  try:
+    return download.fetch(remote)
+  except download.DownloadError as error:
+    try:
+      import tensorflow_datasets  # noqa: F401
+      tfds = "no prepared data set" + (" (and --download failed)" if tfds_download else "")
+    except ImportError:
+      tfds = "not installed"
+    raise DataNotFoundError(OFFLINE_MESSAGE.format(
+        tfds=tfds, local=DEFAULT_PATH, url=remote.url, cache=download.cache_dir(),
+        error=error)) from None
 

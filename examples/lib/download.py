@@ -6,6 +6,8 @@ the cache folder and renamed only once its checksum matches, so an interrupted o
 download leaves nothing behind, and the next call simply tries again.
 
 The cache folder is `$ORTHAX_DATA_CACHE`, else `$XDG_CACHE_HOME/orthax`, else `~/.cache/orthax`.
+`tiny_shakespeare()` applies the data rules of the examples (CIFAR-10's too: `cifar10.load`) to
+the language-modelling corpus: a named file, tensorflow-datasets, the local copy, the download.
 
     >>> sorted(REMOTES)
     ['cifar10', 'tiny_shakespeare']
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 CHUNK = 1 << 20
+LOCAL_COPIES = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 class Remote(NamedTuple):
@@ -147,3 +150,53 @@ def _copy(response, out, hasher, total: int | None, remote: Remote, progress: bo
       hasher.update(chunk)
       received += len(chunk)
       bar.update(len(chunk))
+
+
+def tiny_shakespeare(path: str | os.PathLike | None = None, *, progress: bool = True) -> str:
+  """The Tiny Shakespeare corpus (1,115,394 characters of char-rnn's `input.txt`) as one string.
+
+  Sources, in this order: `path`, else the file named by `$ORTHAX_TINY_SHAKESPEARE` (either must
+  exist); tensorflow-datasets' `tiny_shakespeare` when tensorflow-datasets is importable and the
+  data set is prepared (its train, validation and test texts are consecutive parts of the file);
+  the local copy `<repo>/../shared/data/tinyshakespeare/input.txt`; the cached download.
+
+  Raises:
+    FileNotFoundError: a named file is missing, or nothing was found and the download failed;
+      the message says what was tried and how to name a copy.
+  """
+  named = path or os.environ.get("ORTHAX_TINY_SHAKESPEARE")
+  if named:
+    if not Path(named).is_file():
+      raise FileNotFoundError(
+          f"No Tiny Shakespeare text at {named}; name a copy of input.txt with --data or "
+          "$ORTHAX_TINY_SHAKESPEARE, or leave both unset to use the local copy or the download.")
+    return Path(named).read_text(encoding="utf-8")
+  if (text := _tfds_tiny_shakespeare()) is not None:
+    return text
+  local = LOCAL_COPIES / "tinyshakespeare" / "input.txt"
+  if local.is_file():
+    return local.read_text(encoding="utf-8")
+  remote = REMOTES["tiny_shakespeare"]
+  try:
+    return fetch(remote, progress=progress).read_text(encoding="utf-8")
+  except DownloadError as error:
+    raise FileNotFoundError(
+        f"No Tiny Shakespeare text found: no --data or $ORTHAX_TINY_SHAKESPEARE, no prepared "
+        f"tensorflow-datasets tiny_shakespeare, no local copy at {local}, and the download into "
+        f"{cache_dir()} failed ({error}). Run again where the machine has internet access, or "
+        "name a copy of input.txt with --data or $ORTHAX_TINY_SHAKESPEARE.") from None
+
+
+def _tfds_tiny_shakespeare() -> str | None:
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    return None
+  builder = tfds.builder("tiny_shakespeare")
+  if not builder.is_prepared():
+    return None
+  parts = []
+  for split in ("train", "validation", "test"):
+    for example in tfds.as_numpy(builder.as_dataset(split=split)):
+      parts.append(example["text"].decode("utf-8"))
+  return "".join(parts)
