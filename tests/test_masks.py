@@ -97,3 +97,19 @@ def test_exclude_mask_in_a_chain():
   np.testing.assert_array_equal(out["Dense_1"]["kernel"], -grads["Dense_1"]["kernel"])
   np.testing.assert_allclose(out["Dense_0"]["kernel"], -polar_reference(grads["Dense_0"]["kernel"]),
                              atol=1e-5)
+
+
+def test_patterns_match_nnx_state_as_linen_params():
+  """nnx.State paths end in `.value`; patterns see the same names as on linen params."""
+  from flax import nnx
+  state = nnx.state(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Param)
+
+  def selected(mask_fn, tree):
+    flat = jax.tree_util.tree_flatten_with_path(mask_fn(tree))[0]
+    return {name for path, chosen in flat if chosen
+            for name in ("bias", "kernel") if name in jax.tree_util.keystr(path)}
+
+  assert selected(orthax.masks.exclude("value"), state) == {"kernel"}  # No leaf is "value".
+  assert selected(orthax.masks.exclude("kernel"), state) == set()
+  everything = lambda p: jax.tree.map(lambda _: True, p)  # noqa: E731
+  assert selected(orthax.masks.exclude("*/kernel", base=everything), {"dense": state}) == {"bias"}

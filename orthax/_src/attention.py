@@ -16,31 +16,16 @@ from typing import Any
 import jax
 import optax
 
-from orthax._src.components import Layout, is_layout_leaf, resolve_tree
+from orthax._src.components import Layout, is_layout_leaf, path_names, resolve_tree
 
 VIEWS = ("whole", "heads", "components")
 INPUT_PROJECTIONS = ("query", "key", "value")
 OUTPUT_PROJECTIONS = ("out",)
 
 
-def _path_names(key_path) -> tuple[str, ...]:
-  """A leaf's path as plain names, without the `.value` of an `nnx.Variable`."""
-  names = []
-  for key in key_path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  if key_path and isinstance(key_path[-1], jax.tree_util.GetAttrKey) and names[-1] == "value":
-    names.pop()
-  return tuple(names)
-
-
 def _projection(key_path, inputs: Sequence[str], outputs: Sequence[str]) -> str | None:
   """'input' for a query/key/value kernel, 'output' for an out kernel, else None."""
-  names = _path_names(key_path)
+  names = path_names(key_path)
   if len(names) < 2 or names[-1] != "kernel":
     return None
   if names[-2] in inputs:

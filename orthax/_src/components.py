@@ -206,7 +206,9 @@ def is_layout_leaf(x: Any) -> bool:
   return x is None or isinstance(x, Layout)
 
 
-def _names(key_path) -> tuple[str, ...]:
+def path_names(key_path) -> tuple[str, ...]:
+  """A leaf's path as plain names, without the trailing `.value` of an `nnx.Variable` (so that
+  patterns match linen params and `nnx.State` alike, and "value" names no nnx leaf)."""
   names = []
   for key in key_path:
     for attr in ("key", "name", "idx"):
@@ -215,6 +217,8 @@ def _names(key_path) -> tuple[str, ...]:
         break
     else:
       names.append(str(key))
+  if key_path and isinstance(key_path[-1], jax.tree_util.GetAttrKey) and names[-1] == "value":
+    names.pop()
   return tuple(names)
 
 
@@ -226,7 +230,7 @@ def path_matches(names: tuple[str, ...], patterns: Sequence[str]) -> bool:
 
 def map_with_path_names(fn: Callable[[tuple[str, ...], Any], Any], tree: Any) -> Any:
   """tree_map with each leaf's path as a tuple of plain names, e.g. ("params", "Dense_0")."""
-  return jax.tree_util.tree_map_with_path(lambda p, x: fn(_names(p), x), tree)
+  return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_names(p), x), tree)
 
 
 def layout_by_path(rules: Mapping[str, Layout]) -> Callable[[Any], Any]:
