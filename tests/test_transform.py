@@ -381,6 +381,12 @@ ALIASES = {
     "adamw": (lambda: orthax.orthogonal_adamw(LR, weight_decay=0.1, method="svd"),
               lambda: optax.chain(orthax.orthogonalise("svd"), optax.adamw(LR, weight_decay=0.1)),
               functools.partial(adamw_first_update, wd=0.1)),
+    "adamw_decay_mask": (
+        lambda: orthax.orthogonal_adamw(LR, weight_decay=0.1, method="svd",
+                                        weight_decay_mask=orthax.masks.conv_kernels),
+        lambda: optax.chain(orthax.orthogonalise("svd"),
+                            optax.adamw(LR, weight_decay=0.1, mask=orthax.masks.conv_kernels)),
+        None),
     "lars": (lambda: orthax.orthogonal_lars(LR, weight_decay=WD, method="svd",
                                             mask=orthax.masks.conv_kernels),
              lambda: optax.chain(orthax.orthogonalise("svd", mask=orthax.masks.conv_kernels),

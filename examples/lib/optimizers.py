@@ -13,6 +13,13 @@ authors used, adds decay.
 | n-sgdm | each kernel's gradient over its Frobenius norm (`orthax.normalise`) | SGD momentum |
 | cn-sgdm | each component's gradient to unit norm (`orthax.normalise_components`) | SGD momentum |
 | muon | `optax.contrib.muon`: Newton-Schulz on the momentum; biases and norms to Adam | - |
+| adamw, orthogonal-adamw | the gradient; U V^T of each matrix (the paper's order) | AdamW |
+| orthax-muon | `orthax.muon`: Muon's order (momentum, then U V^T); the rest to AdamW | - |
+
+For transformers, `mask="hidden"` selects the hidden matrices (`orthax.masks.hidden_matrices`:
+no embeddings, no output head), and `layout` views every attention kernel whole (one matrix per
+projection, as Muon), per head, or with the heads as the paper's components
+(`orthax.attention_layout`).
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from optax.contrib import MuonDimensionNumbers
 import orthax
 
 OPTIMIZERS = (
-    "sgdm", "orthogonal-sgdm", "adam", "orthogonal-adam", "n-sgdm", "cn-sgdm", "muon")
+    "sgdm", "orthogonal-sgdm", "adam", "orthogonal-adam", "n-sgdm", "cn-sgdm", "muon", "adamw",
+    "orthogonal-adamw", "orthax-muon")
+LAYOUTS = ("default", "whole", "heads", "components")
 
 
 def dense_kernels(params: Any) -> Any:
@@ -36,29 +45,48 @@ def dense_kernels(params: Any) -> Any:
                       orthax.masks.kernels(params), orthax.masks.conv_kernels(params))
 
 
-MASKS = {"all": orthax.masks.kernels, "conv": orthax.masks.conv_kernels, "dense": dense_kernels}
+MASKS = {"all": orthax.masks.kernels, "conv": orthax.masks.conv_kernels, "dense": dense_kernels,
+         "hidden": orthax.masks.hidden_matrices()}
 
 
-def check_name(name: str, mask: str) -> None:
+def check_name(name: str, mask: str, layout: str = "default") -> None:
   if name not in OPTIMIZERS:
     raise ValueError(f"Unknown optimiser {name!r}; choose from {', '.join(OPTIMIZERS)}.")
   if mask not in MASKS:
     raise ValueError(
         f"Unknown mask {mask!r}: 'all' orthogonalises every kernel (conv and dense), 'conv' only "
-        "convolution kernels (the paper's Table 5), 'dense' only dense kernels.")
+        "convolution kernels (the paper's Table 5), 'dense' only dense kernels, 'hidden' a "
+        "transformer's hidden matrices (no embeddings, no output head).")
+  if layout not in LAYOUTS:
+    raise ValueError(
+        f"Unknown layout {layout!r}: 'default' (orthax.Layout(): the last axis is the "
+        "components), or for attention kernels 'whole' (one matrix per projection, as Muon), "
+        "'heads' (each head's matrix) or 'components' (the heads as the paper's components).")
+
+
+def matrices(params: Any) -> Any:
+  """Leaves with two or more axes (nanoGPT's choice of what weight decay applies to)."""
+  return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_layout(layout: str) -> Any:
+  """The `layout` argument of orthax's transformations for a `LAYOUTS` name."""
+  return None if layout == "default" else orthax.attention_layout(layout)
 
 
 def make_direction(
-    name: str, *, method: str = "auto", mask: str = "all", rtol: float | None = None
+    name: str, *, method: str = "auto", mask: str = "all", rtol: float | None = None,
+    layout: str = "default",
 ) -> optax.GradientTransformation:
   """The stateless transformation of the gradient that optimiser `name` applies before decay.
 
-  The identity for sgdm, adam and muon (muon orthogonalises its momentum, inside optax).
+  The identity for sgdm, adam, adamw and the two muons (they orthogonalise their momentum).
   """
-  check_name(name, mask)
+  check_name(name, mask, layout)
   if name.startswith("orthogonal-"):
     options = {} if rtol is None else {"rtol": rtol}
-    return orthax.orthogonalise_components(method, mask=MASKS[mask], **options)
+    return orthax.orthogonalise_components(
+        method, mask=MASKS[mask], layout=make_layout(layout), **options)
   if name == "n-sgdm":
     return orthax.normalise(mask=MASKS[mask])
   if name == "cn-sgdm":
@@ -68,20 +96,31 @@ def make_direction(
 
 def muon_dimension_numbers(mask: str):
   """Muon's view of each parameter: a conv kernel (kh, kw, in, out) reduces over (0, 1, 2) to
-  output 3, a dense kernel (in, out) over 0 to 1; None (Adam) for the rest and for leaves `mask`
-  leaves out. Without this, `optax.contrib.muon` sends every conv kernel to Adam."""
+  output 3, a dense kernel (in, out) over 0 to 1, an attention kernel is one matrix (query, key,
+  value (embed, heads, head_dim) over 0 to (1, 2); out (heads, head_dim, embed) over (0, 1) to 2,
+  as `orthax.attention_layout("whole")`); None (Adam) for the rest and for leaves `mask` leaves
+  out. Without this, `optax.contrib.muon` sends every conv and attention kernel to Adam."""
 
   def dimension_numbers(params: Any) -> Any:
     selected = MASKS[mask](params)
+    views = orthax.attention_layout("whole")(params)
 
-    def leaf(x, chosen):
-      if not chosen or x.ndim not in (2, 4):
+    def leaf(x, chosen, view):
+      if not chosen or x.ndim not in (2, 3, 4):
         return None
+      if view is not None:  # an attention kernel
+        components = (view.components,) if isinstance(view.components, int) else view.components
+        return MuonDimensionNumbers(
+            reduction_axis=tuple(a for a in range(x.ndim) if a not in components),
+            output_axis=tuple(components))
       if x.ndim == 4:
         return MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
-      return MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+      if x.ndim == 2:
+        return MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+      return None
 
-    return jax.tree.map(leaf, params, selected)
+    return jax.tree.map(leaf, params, selected, views,
+                        is_leaf=lambda v: v is None or isinstance(v, orthax.Layout))
 
   return dimension_numbers
 
@@ -108,26 +147,54 @@ def make_optimizer(
     mask: str = "all",
     rtol: float | None = None,
     b2: float = 0.999,
+    layout: str = "default",
+    muon_beta: float | None = None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformation:
   """Optimiser `name` (one of `OPTIMIZERS`).
 
   Args:
-    name: sgdm, orthogonal-sgdm, adam, orthogonal-adam, n-sgdm, cn-sgdm or muon.
+    name: sgdm, orthogonal-sgdm, adam, orthogonal-adam, n-sgdm, cn-sgdm, muon, adamw,
+      orthogonal-adamw or orthax-muon.
     learning_rate: a float or an optax schedule.
-    momentum: SGD's momentum; Adam's b1; Muon's beta. 0 for plain SGD.
-    weight_decay: L2 coefficient added to the (orthogonalised) gradient; for Muon, its decay.
-    method: orthax's matrix method (auto, svd, eigh, newton_schulz, polar_express).
-    mask: 'all' (every kernel, the default), 'conv' (convolution kernels only) or 'dense'
-      (dense kernels only: in BasicCNN, the classifier).
+    momentum: SGD's momentum; Adam's b1 (also the b1 of the two muons' AdamW part).
+    weight_decay: for sgdm, adam and their variants, the L2 coefficient added to the
+      (orthogonalised) gradient; for adamw and the muons, decoupled decay times the learning
+      rate: adamw's of matrices only (ndim >= 2: not norms and biases), the muons' of every
+      leaf (as optax.contrib.muon's `weight_decay` and `adam_weight_decay`).
+    method: orthax's matrix method (auto, svd, eigh, newton_schulz, polar_express), also
+      orthax-muon's (give newton_schulz for Muon's own).
+    mask: 'all' (every kernel, the default), 'conv' (convolution kernels only), 'dense'
+      (dense kernels only: in BasicCNN, the classifier) or 'hidden' (a transformer's hidden
+      matrices). For the muons, the leaves it leaves out go to AdamW.
     rtol: orthax's rank-aware cut (exact methods); None is orthax's default.
     b2: Adam's second-moment decay (the paper's Table 3 used 0.99).
+    layout: how attention kernels are viewed (`LAYOUTS`); 'default' is `orthax.Layout()`.
+    muon_beta: the muons' momentum; default `momentum`.
+    adam_learning_rate: the muons' AdamW learning rate; default `learning_rate`.
   """
-  check_name(name, mask)
+  check_name(name, mask, layout)
   if name == "muon":
+    if layout not in ("default", "whole"):
+      raise ValueError(f"optax.contrib.muon views each matrix whole; layout {layout!r} needs "
+                       "orthax-muon.")
     return optax.contrib.muon(
-        learning_rate, beta=momentum, weight_decay=weight_decay, adam_b1=momentum, adam_b2=b2,
-        adam_weight_decay=weight_decay, muon_weight_dimension_numbers=muon_dimension_numbers(mask))
-  direction = make_direction(name, method=method, mask=mask, rtol=rtol)
+        learning_rate, beta=momentum if muon_beta is None else muon_beta,
+        weight_decay=weight_decay, adam_b1=momentum, adam_b2=b2,
+        adam_weight_decay=weight_decay, adam_learning_rate=adam_learning_rate,
+        muon_weight_dimension_numbers=muon_dimension_numbers(mask))
+  if name == "orthax-muon":
+    options = {} if rtol is None else {"rtol": rtol}
+    return orthax.muon(
+        learning_rate, beta=momentum if muon_beta is None else muon_beta, method=method,
+        mask=MASKS[mask], layout=make_layout(layout), weight_decay=weight_decay,
+        adam_b1=momentum, adam_b2=b2,
+        adam_weight_decay=weight_decay, adam_learning_rate=adam_learning_rate, **options)
+  direction = make_direction(name, method=method, mask=mask, rtol=rtol, layout=layout)
+  if name.endswith("adamw"):
+    return orthax.orthogonal_adamw(
+        learning_rate, b1=momentum, b2=b2, weight_decay=weight_decay, weight_decay_mask=matrices,
+        orthogonaliser=direction)
   if name.endswith("adam"):
     return orthax.orthogonal_adam(
         learning_rate, b1=momentum, b2=b2, weight_decay=weight_decay, orthogonaliser=direction)

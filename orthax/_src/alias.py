@@ -106,6 +106,7 @@ def orthogonal_adamw(
     eps: float = 1e-8,
     *,
     weight_decay: float = 1e-4,
+    weight_decay_mask: MaskSpec = None,
     method: Method = "auto",
     mask: MaskSpec = None,
     orthogonaliser: optax.GradientTransformation | None = None,
@@ -120,13 +121,15 @@ def orthogonal_adamw(
     learning_rate: a float or an optax schedule.
     b1, b2, eps: Adam's parameters.
     weight_decay: decoupled decay coefficient (optax.adamw's), never orthogonalised.
+    weight_decay_mask: which leaves decay (optax.adamw's `mask`); default every leaf.
     method: as in `orthax.orthogonalise_components`.
     mask: which leaves to orthogonalise.
     orthogonaliser: as in `orthogonal_sgd`.
   """
   return optax.chain(
       _first_link(method, mask, orthogonaliser, "orthogonal_adamw"),
-      optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
+      optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                  mask=weight_decay_mask),
   )
 
 

@@ -1,0 +1,99 @@
+"""The character-level GPT's configuration, and the learning-rate sweep and finals as presets.
+
+`Config` is one comparison: the GPT trained with each of `optimizers`, once per seed; its fields
+are the command line's flags (`examples.lib.config`). Defaults: nanoGPT's `shakespeare_char`
+configuration for a CPU (4 layers, 4 heads, width 128, context 64, batch 12, 2,000 steps; AdamW
+lr 1e-3, 100 warm-up steps, cosine decay to lr / 10, betas (0.9, 0.99), weight decay 0.1 on
+matrices, gradient clipping at 1.0, no dropout).
+
+An optimiser label is a name with optional settings after `@` (`examples.lib.compare`), e.g.
+`orthax-muon@method=polar_express@layout=heads@lr=0.02`. The presets:
+
+- `sweep`: every optimiser of `SETTINGS` at each rate of its grid (`LEARNING_RATES`), one seed,
+  `SWEEP_STEPS` steps with the schedule scaled to them.
+- `finals`: the chosen optimisers at their best rates (from the sweep's `best_lrs.json`), three
+  seeds, the full 2,000 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from examples.lib.config import Comparison, setting
+from examples.lib.optimizers import LAYOUTS, MASKS, OPTIMIZERS
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Comparison):
+  """One comparison of optimisers on the character-level GPT."""
+
+  optimizers: tuple[str, ...] = setting(
+      ("adamw", "muon"),
+      f"comma-separated labels name[@field=value...], name one of {', '.join(OPTIMIZERS)}; e.g. "
+      "orthax-muon@method=polar_express@layout=heads@lr=0.02")
+  seeds: tuple[int, ...] = setting((0,), "comma-separated seeds", flags=("--seeds", "--seed"))
+  steps: int = 2000
+  batch_size: int = 12
+  context: int = 64
+  layers: int = 4
+  heads: int = 4
+  width: int = 128
+  learning_rate: float = setting(1e-3, "peak rate", flags=("--lr", "--learning-rate"))
+  warmup_steps: int = setting(100, "linear warm-up from 0")
+  final_lr_fraction: float = setting(0.1, "cosine decay to this fraction of the peak rate")
+  momentum: float = setting(0.9, "Adam's b1 (also of the muons' AdamW part); SGD's momentum")
+  b2: float = setting(0.99, "Adam's b2")
+  muon_beta: float = setting(0.95, "the muons' momentum")
+  weight_decay: float = setting(0.1, "decoupled (AdamW, muons) or L2 (SGDM) decay")
+  clip: float = setting(1.0, "clip the gradient's global norm to this (0: no clipping)")
+  method: str = setting("auto", "orthax method: auto, svd, eigh, newton_schulz, polar_express")
+  mask: str = setting("hidden", "the matrices to orthogonalise", choices=tuple(MASKS))
+  layout: str = setting("whole", "attention kernels as matrices", choices=LAYOUTS)
+  eval_every: int = setting(100, "steps between validation losses")
+  eval_windows: int = setting(256, "fixed validation windows, evenly spaced")
+  target: float | None = setting(None, "validation loss for 'steps to' (default: the first "
+                                 "optimiser's final mean)")
+  sample_chars: int = setting(300, "characters generated at the end (0: none)")
+  data: str | None = setting(None, "input.txt (default: $ORTHAX_TINY_SHAKESPEARE, tfds, local)")
+  synthetic: bool = setting(False, "a synthetic corpus (tests; no meaningful loss)")
+  workdir: str | None = setting(None, "where runs go (default runs/shakespeare_char/<time>)")
+
+
+# The optimisers of the comparison: (label without lr, the rates swept).
+ADAM_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
+MUON_RATES = (0.01, 0.02, 0.04, 0.08)
+SGD_RATES = (0.01, 0.03, 0.1, 0.3)
+SETTINGS = {
+    "adamw": ADAM_RATES,
+    "muon": MUON_RATES,
+    "orthax-muon@method=polar_express@layout=whole": MUON_RATES,
+    "orthax-muon@method=svd@layout=whole": MUON_RATES,
+    "orthax-muon@method=newton_schulz@layout=heads": MUON_RATES,
+    "orthax-muon@method=polar_express@layout=heads": MUON_RATES,
+    "orthax-muon@method=svd@layout=heads": MUON_RATES,
+    "orthogonal-adamw@method=svd@layout=whole": ADAM_RATES,
+    "orthogonal-adamw@method=svd@layout=heads": ADAM_RATES,
+    # The paper's SGDM setting: L2 decay 5e-4 (0.1 would be coupled decay far stronger than
+    # AdamW's decoupled 0.1 x lr).
+    "orthogonal-sgdm@method=svd@layout=whole@weight_decay=0.0005": SGD_RATES,
+    "orthogonal-sgdm@method=svd@layout=heads@weight_decay=0.0005": SGD_RATES,
+}
+SWEEP_STEPS = 400
+
+
+def sweep(**changes) -> Config:
+  """Every setting at every rate of its grid: one seed, `SWEEP_STEPS` steps, the warm-up scaled
+  with them (100 / 2,000 of the run)."""
+  labels = tuple(f"{name}@lr={rate:g}" for name, rates in SETTINGS.items() for rate in rates)
+  config = Config(optimizers=labels, steps=SWEEP_STEPS, warmup_steps=SWEEP_STEPS // 20,
+                  eval_every=SWEEP_STEPS // 2, sample_chars=0)
+  return dataclasses.replace(config, **changes)
+
+
+def finals(best: dict[str, float], names: tuple[str, ...] | None = None, **changes) -> Config:
+  """`names` (default every setting in `best`) at their best rates, seeds 0, 1, 2, 2,000 steps;
+  AdamW first, so that 'steps to target' counts to AdamW's final loss."""
+  names = names or tuple(best)
+  names = tuple(sorted(names, key=lambda n: n != "adamw"))
+  config = Config(optimizers=tuple(f"{n}@lr={best[n]:g}" for n in names), seeds=(0, 1, 2))
+  return dataclasses.replace(config, **changes)

@@ -1,0 +1,251 @@
+"""Trains the character-level GPT with one optimiser and one seed; times and samples from it.
+
+A run is a `Config` with one optimiser label and one seed (`run_config`). The step is one jitted
+function of (params, optimiser state, step, key): it draws its batch on the device from
+fold_in(key(seed), step), so runs with the same seed see the same batches and start from the same
+initialisation whatever their optimiser. Every `eval_every` steps (and at the end) the model's
+mean loss over fixed validation windows is recorded.
+
+Outputs, in the run's directory: `history.json` (config, validation losses, training loss per
+interval, step time, compile time) and `params.npz`. A run whose `history.json` exists with the
+same config is read back, not trained again, so an interrupted comparison resumes run by run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from examples.lib import compare, optimizers
+from examples.lib.config import json_values, replace_from_strings
+from examples.shakespeare_char import data
+from examples.shakespeare_char.configs import Config
+from examples.shakespeare_char.model import GPT
+
+
+def run_config(config: Config, label: str, seed: int) -> Config:
+  """The one-run config of `label` (`name@field=value...`) and `seed` in comparison `config`."""
+  name, options = compare.parse_label(label)
+  return replace_from_strings(config.run(name, seeds=(seed,)), options)
+
+
+def check(config: Config) -> None:
+  """A ValueError for settings that cannot run, before any training."""
+  if config.steps < 1 or config.eval_every < 1:
+    raise ValueError(f"steps and eval_every must be >= 1, got {config.steps}, "
+                     f"{config.eval_every}.")
+  if not 0 <= config.warmup_steps < config.steps:
+    raise ValueError(f"warmup_steps must be in [0, steps = {config.steps}), got "
+                     f"{config.warmup_steps}; give --warmup-steps with a short --steps.")
+  for label in config.optimizers:
+    run = run_config(config, label, 0)
+    optimizers.check_name(run.optimizer, run.mask, run.layout)
+    if run.optimizer == "muon" and run.layout not in ("default", "whole"):
+      raise ValueError(f"{label}: optax.contrib.muon views each matrix whole; use orthax-muon "
+                       "for other layouts.")
+
+
+def make_model(config: Config, vocab: int, seed: int) -> GPT:
+  return GPT(vocab, context=config.context, layers=config.layers, heads=config.heads,
+             width=config.width, rngs=nnx.Rngs(seed))
+
+
+def make_schedule(config: Config) -> optax.Schedule:
+  """Linear warm-up from 0, then cosine decay to `final_lr_fraction` of the peak (nanoGPT's)."""
+  return optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps, config.steps,
+      end_value=config.final_lr_fraction * config.learning_rate)
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+  """The run's optimiser (`examples.lib.optimizers`), after clipping the gradient's norm."""
+  tx = optimizers.make_optimizer(
+      config.optimizer, learning_rate=make_schedule(config), momentum=config.momentum,
+      weight_decay=config.weight_decay, method=config.method, mask=config.mask, b2=config.b2,
+      layout=config.layout, muon_beta=config.muon_beta)
+  return optax.chain(optax.clip_by_global_norm(config.clip), tx) if config.clip else tx
+
+
+def loss_fn(params, graphdef, inputs, targets) -> jax.Array:
+  logits = nnx.merge(graphdef, params)(inputs)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "batch_size", "context"),
+                   donate_argnames=("params", "opt_state"))
+def train_step(params, opt_state, ids, key, step, *, graphdef, tx, batch_size, context):
+  inputs, targets = data.random_windows(ids, jax.random.fold_in(key, step), batch_size, context)
+  loss, grads = jax.value_and_grad(loss_fn)(params, graphdef, inputs, targets)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def eval_loss(params, inputs, targets, *, graphdef) -> jax.Array:
+  return loss_fn(params, graphdef, inputs, targets)
+
+
+def setting_key(config: Config) -> Config:
+  """`config` without what differs between the seeds of one setting or does not train."""
+  return dataclasses.replace(config, seeds=(0,), workdir=None, sample_chars=0, target=None)
+
+
+@functools.cache
+def optimizer_for(config: Config) -> optax.GradientTransformation:
+  """`make_optimizer`, once per setting in a process."""
+  return make_optimizer(config)
+
+
+_COMPILED: dict[Config, tuple[Any, float]] = {}
+
+
+def compiled_step(config: Config, graphdef, tx, params, opt_state, ids, key) -> tuple[Any, float]:
+  """The setting's train step compiled ahead of time for these arguments' shapes, once per setting
+  in a process (the seeds share it), and the seconds its compilation took."""
+  setting = setting_key(config)
+  if setting not in _COMPILED:
+    start = time.perf_counter()
+    compiled = train_step.lower(
+        params, opt_state, ids, key, 0, graphdef=graphdef, tx=tx,
+        batch_size=config.batch_size, context=config.context).compile()
+    _COMPILED[setting] = compiled, time.perf_counter() - start
+  return _COMPILED[setting]
+
+
+class Run:
+  """The model, optimiser and compiled step of one run: `step()` advances it by one step."""
+
+  def __init__(self, config: Config, corpus: data.Corpus, seed: int):
+    model = make_model(config, corpus.vocab, seed)
+    graphdef, state = nnx.split(model)
+    self.graphdef, self.config = graphdef, config
+    self.params = nnx.to_pure_dict(state)
+    self.tx = optimizer_for(setting_key(config))
+    self.opt_state = self.tx.init(self.params)
+    self.ids = jnp.asarray(corpus.train)
+    self.key = jax.random.key(seed)
+    self.count = 0
+    self._step, self.compile_s = compiled_step(
+        config, graphdef, self.tx, self.params, self.opt_state, self.ids, self.key)
+
+  def step(self) -> jax.Array:
+    self.params, self.opt_state, loss = self._step(
+        self.params, self.opt_state, self.ids, self.key, self.count)
+    self.count += 1
+    return loss
+
+
+# Fields that do not change what a run trains: a finished run is read back whatever they are.
+NOT_TRAINING = ("workdir", "sample_chars", "target")
+
+
+def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
+  return ({k: v for k, v in a.items() if k not in NOT_TRAINING}
+          == {k: v for k, v in b.items() if k not in NOT_TRAINING})
+
+
+def train(config: Config, corpus: data.Corpus, workdir: Path) -> dict[str, Any]:
+  """Trains the one-run `config` (or reads back its finished run from `workdir`): its history."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  record_path = workdir / "history.json"
+  settings = json_values(config)
+  if record_path.exists():
+    history = json.loads(record_path.read_text())
+    if same_training(history["config"], settings):
+      return history
+  (seed,) = config.seeds
+  run = Run(config, corpus, seed)
+  compile_s = run.compile_s  # paid once per setting in a process
+  val_inputs, val_targets = map(jnp.asarray, data.fixed_windows(
+      corpus.validation, config.eval_windows, config.context))
+  evaluate = functools.partial(eval_loss, inputs=val_inputs, targets=val_targets,
+                               graphdef=run.graphdef)
+  history: dict[str, Any] = {
+      "config": settings, "eval_steps": [0], "val_loss": [float(evaluate(run.params))],
+      "train_loss": [None]}
+  losses, train_s = [], 0.0
+  bar = tqdm(range(1, config.steps + 1), desc=f"{config.optimizer} seed {seed}", leave=False,
+             file=sys.stderr)
+  for step in bar:
+    start = time.perf_counter()
+    losses.append(run.step())
+    if step % config.eval_every == 0 or step == config.steps:
+      interval = np.asarray(jax.device_get(losses))
+      train_s += time.perf_counter() - start  # the steps since the last evaluation, now done
+      start = time.perf_counter()
+      history["eval_steps"].append(step)
+      history["train_loss"].append(float(interval.mean()))
+      history["val_loss"].append(float(evaluate(run.params)))
+      bar.set_postfix(val=f"{history['val_loss'][-1]:.3f}", refresh=False)
+      losses = []
+    else:
+      train_s += time.perf_counter() - start
+  bar.close()
+  if not np.isfinite(history["val_loss"][-1]):
+    tqdm.write(f"{config.optimizer} seed {seed}: the loss diverged", file=sys.stderr)
+  history.update(step_ms=1e3 * train_s / config.steps, compile_s=compile_s)
+  save_params(workdir / "params.npz", run.params)
+  record_path.write_text(json.dumps(history) + "\n")
+  return history
+
+
+def save_params(path: Path, params) -> None:
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  np.savez(path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+
+
+def load_params(path: Path, config: Config, vocab: int):
+  params = nnx.to_pure_dict(nnx.split(make_model(config, vocab, 0))[1])
+  saved = np.load(path)
+  return jax.tree_util.tree_map_with_path(
+      lambda k, v: jnp.asarray(saved[jax.tree_util.keystr(k)]), params)
+
+
+def generate(config: Config, params, corpus: data.Corpus, length: int, *, seed: int = 0,
+             temperature: float = 0.8, prompt: str = "\n") -> str:
+  """`length` characters sampled after `prompt` (nanoGPT's temperature 0.8, no top-k)."""
+  graphdef = nnx.split(make_model(config, corpus.vocab, 0))[0]
+
+  @jax.jit
+  def next_id(params, window, position, key):
+    logits = nnx.merge(graphdef, params)(window[None])[0, position]
+    return jax.random.categorical(key, logits / temperature)
+
+  ids = list(corpus.encode(prompt))
+  key = jax.random.key(seed)
+  for i in range(length):
+    window = np.zeros(config.context, np.int32)
+    recent = ids[-config.context:]
+    window[:len(recent)] = recent
+    ids.append(int(next_id(params, window, len(recent) - 1, jax.random.fold_in(key, i))))
+  return corpus.decode(ids[len(prompt):])
+
+
+def time_steps(configs: dict[str, Config], corpus: data.Corpus, steps: int = 20,
+               rounds: int = 3) -> dict[str, float]:
+  """Milliseconds per training step of each one-run config, measured side by side in this
+  process: `rounds` rounds, each running `steps` steps of every config in turn; the median."""
+  runs = {label: Run(config, corpus, 0) for label, config in configs.items()}
+  for run in runs.values():
+    jax.block_until_ready(run.step())  # compiles
+  times: dict[str, list[float]] = {label: [] for label in runs}
+  for _ in range(rounds):
+    for label, run in runs.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        loss = run.step()
+      jax.block_until_ready((loss, run.params))
+      times[label].append(1e3 * (time.perf_counter() - start) / steps)
+  return {label: float(np.median(t)) for label, t in times.items()}

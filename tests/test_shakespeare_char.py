@@ -1,0 +1,240 @@
+"""Tests of the character-level GPT example: data, model, optimisers by name, training, compare.
+
+A tiny GPT (1 layer, width 16, 2 heads, context 16) on the synthetic corpus keeps each compile
+to seconds on a 2-core CPU; the loader test reads the local Tiny Shakespeare copy when present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from examples.lib import download, optimizers
+from examples.shakespeare_char import compare, configs, data, train
+from examples.shakespeare_char.model import GPT
+
+pytestmark = pytest.mark.examples
+
+LOCAL_TEXT = download.LOCAL_COPIES / "tinyshakespeare" / "input.txt"
+TINY = configs.Config(
+    optimizers=("adamw", "orthax-muon@layout=heads@lr=0.02"), seeds=(0, 1), steps=6,
+    warmup_steps=2, batch_size=4, context=16, layers=1, heads=2, width=16, eval_every=3,
+    eval_windows=8, synthetic=True, sample_chars=20)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  return data.load(synthetic=True)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def test_vocabulary_split_and_round_trip():
+  corpus = data.from_text("hello world\n" * 10, "test")
+  assert corpus.chars == "\n dehlorw"
+  assert len(corpus.train) == 108 and len(corpus.validation) == 12  # nanoGPT's 90 % / 10 %
+  assert corpus.decode(corpus.encode("hold or\n")) == "hold or\n"
+  np.testing.assert_array_equal(np.concatenate([corpus.train, corpus.validation]),
+                                corpus.encode("hello world\n" * 10))
+
+
+@pytest.mark.skipif(not LOCAL_TEXT.is_file(), reason="no local Tiny Shakespeare copy")
+def test_loader_reads_the_local_copy():
+  corpus = data.load(str(LOCAL_TEXT))
+  assert corpus.vocab == 65
+  assert len(corpus.train) + len(corpus.validation) == 1_115_394
+  assert len(corpus.train) == 1_003_854
+  assert corpus.decode(corpus.train[:14]) == "First Citizen:"
+
+
+def test_windows_are_consecutive_characters(corpus):
+  ids = jnp.asarray(corpus.train)
+  inputs, targets = data.random_windows(ids, jax.random.key(3), 5, 16)
+  assert inputs.shape == targets.shape == (5, 16)
+  np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])
+  text = "".join(corpus.chars[i] for i in corpus.train)
+  for row, target in zip(np.asarray(inputs), np.asarray(targets), strict=True):
+    window = corpus.decode(row) + corpus.decode(target[-1:])
+    assert window in text
+  val_inputs, val_targets = data.fixed_windows(corpus.validation, 8, 16)
+  assert val_inputs.shape == (8, 16)
+  np.testing.assert_array_equal(val_inputs[:, 1:], val_targets[:, :-1])
+
+
+# --- model and optimisers ------------------------------------------------------------------------
+
+
+def test_model_is_causal_and_keeps_a_heads_axis():
+  model = GPT(11, context=8, layers=2, heads=2, width=16, rngs=nnx.Rngs(0))
+  state = nnx.to_pure_dict(nnx.split(model)[1])
+  assert state["blocks"][0]["attention"]["query"]["kernel"].shape == (16, 2, 8)
+  assert state["blocks"][0]["attention"]["out"]["kernel"].shape == (2, 8, 16)
+  tokens = jnp.array([[1, 2, 3, 4, 5, 6, 7, 8]])
+  changed = tokens.at[0, 5].set(9)
+  logits = nnx.jit(lambda m, t: m(t))(model, jnp.concatenate([tokens, changed]))
+  assert logits.shape == (2, 8, 11)
+  np.testing.assert_array_equal(logits[0, :5], logits[1, :5])  # no look-ahead
+  assert not np.allclose(logits[0, 5:], logits[1, 5:])
+  with pytest.raises(ValueError, match="context"):
+    model(jnp.zeros((1, 9), jnp.int32))
+
+
+def gpt_params():
+  return nnx.to_pure_dict(nnx.split(GPT(11, context=8, layers=2, heads=2, width=16,
+                                        rngs=nnx.Rngs(0)))[1])
+
+
+def test_hidden_mask_leaves_embeddings_head_and_norms_out():
+  mask = optimizers.MASKS["hidden"](gpt_params())
+  assert mask["blocks"][1]["attention"]["key"]["kernel"] and mask["blocks"][0]["fc"]["kernel"]
+  assert not mask["lm_head"]["kernel"] and not mask["token_embed"]["embedding"]
+  assert not mask["blocks"][0]["mlp_norm"]["scale"]
+  assert sum(jax.tree.leaves(mask)) == 12  # 6 matrices per block
+
+
+def test_muon_by_name_matches_orthax_muon_with_newton_schulz_whole():
+  """optax.contrib.muon with the example's dimension numbers and orthax's Muon-order alias with
+  Newton-Schulz on whole projections are the same optimiser: same updates over three steps."""
+  params = gpt_params()
+  options = dict(learning_rate=0.02, momentum=0.9, weight_decay=0.1, mask="hidden", b2=0.99,
+                 muon_beta=0.95)
+  reference = optimizers.make_optimizer("muon", **options)
+  ours = optimizers.make_optimizer("orthax-muon", method="newton_schulz", layout="whole",
+                                   **options)
+  states = [reference.init(params), ours.init(params)]
+  updates = [jax.jit(reference.update), jax.jit(ours.update)]
+  for step in range(3):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(step), len(leaves))
+    grads = treedef.unflatten(
+        [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)])
+    (u1, states[0]), (u2, states[1]) = (
+        update(grads, s, params) for update, s in zip(updates, states, strict=True))
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    params = optax.apply_updates(params, u1)
+
+
+def test_whole_heads_and_components_layouts_differ_on_attention_only():
+  params = gpt_params()
+  grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(1), x.shape), params)
+  updates = {}
+  for layout in ("whole", "heads", "components"):
+    tx = optimizers.make_direction("orthogonal-adamw", method="svd", mask="hidden", layout=layout)
+    updates[layout] = jax.jit(tx.update)(grads, tx.init(params), params)[0]
+  fc = [u["blocks"][0]["fc"]["kernel"] for u in updates.values()]
+  np.testing.assert_allclose(fc[0], fc[1], rtol=1e-5, atol=1e-6)
+  query = updates["heads"]["blocks"][0]["attention"]["query"]["kernel"]  # (16, 2, 8)
+  for head in range(2):  # each head's (16, 8) block is semi-orthogonal
+    np.testing.assert_allclose(query[:, head].T @ query[:, head], np.eye(8), atol=1e-4)
+  whole = updates["whole"]["blocks"][0]["attention"]["query"]["kernel"].reshape(16, 16)
+  np.testing.assert_allclose(whole.T @ whole, np.eye(16), atol=1e-4)
+  assert not np.allclose(query.reshape(16, 16), whole, atol=1e-3)
+
+
+def test_bad_settings_are_refused_before_training():
+  with pytest.raises(ValueError, match="optax.contrib.muon views each matrix whole"):
+    train.check(dataclasses.replace(TINY, optimizers=("muon@layout=heads",)))
+  with pytest.raises(ValueError, match="Unknown layout"):
+    train.check(dataclasses.replace(TINY, optimizers=("adamw@layout=rows",)))
+  with pytest.raises(ValueError, match="warmup_steps"):
+    train.check(dataclasses.replace(TINY, warmup_steps=6))
+
+
+# --- training and comparison ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, corpus):
+  workdir = tmp_path_factory.mktemp("lm")
+  config = dataclasses.replace(TINY, workdir=str(workdir))
+  return workdir, compare.compare(config, corpus, time_steps=2)
+
+
+def test_compare_trains_every_optimizer_and_seed_on_the_same_batches(comparison):
+  workdir, summary = comparison
+  results = summary["results"]
+  assert list(results) == list(TINY.optimizers)
+  for runs in results.values():
+    assert [r["eval_steps"] for r in runs] == [[0, 3, 6]] * 2
+    assert all(np.isfinite(r["val_loss"]).all() for r in runs)
+    assert runs[0]["val_loss"][-1] < runs[0]["val_loss"][0]  # it learns
+    assert runs[0]["val_loss"][0] != runs[1]["val_loss"][0]  # seeds differ
+  # Same seed, same initialisation: the step-0 losses agree across optimisers.
+  assert results["adamw"][0]["val_loss"][0] == results[TINY.optimizers[1]][0]["val_loss"][0]
+  assert (workdir / "curves.png").stat().st_size > 0
+  assert json.loads((workdir / "results.json").read_text())["sample"]["text"]
+  assert len(summary["sample"]["text"]) == 20
+  assert set(summary["step_ms"]) == set(TINY.optimizers)
+
+
+def test_a_finished_run_is_read_back_not_retrained(comparison, corpus, monkeypatch):
+  workdir, summary = comparison
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("trained again")
+
+  monkeypatch.setattr(train, "Run", refuse)
+  config = dataclasses.replace(TINY, workdir=str(workdir), sample_chars=0)
+  again = compare.run_all(config, corpus, workdir)
+  assert again == summary["results"]
+  with pytest.raises(AssertionError, match="trained again"):  # other settings: a new run
+    compare.run_all(dataclasses.replace(config, steps=7), corpus, workdir)
+
+
+def test_one_step_lowers_the_loss_on_its_batch(corpus):
+  config = train.run_config(TINY, "adamw@lr=0.01", 0)
+  run = train.Run(dataclasses.replace(config, warmup_steps=0), corpus, 0)
+  inputs, targets = data.random_windows(run.ids, jax.random.fold_in(run.key, 0), 4, 16)
+  before = train.eval_loss(run.params, inputs, targets, graphdef=run.graphdef)
+  assert float(run.step()) == pytest.approx(float(before), rel=1e-5)
+  assert train.eval_loss(run.params, inputs, targets, graphdef=run.graphdef) < before
+
+
+def test_steps_to_interpolates_between_evaluations():
+  history = {"eval_steps": [0, 100, 200], "val_loss": [4.0, 3.0, 2.0]}
+  assert compare.steps_to(history, 2.5) == pytest.approx(150.0)
+  assert compare.steps_to(history, 3.0) == pytest.approx(100.0)
+  assert compare.steps_to(history, 1.9) is None
+
+
+def test_sweep_table_picks_the_lowest_final_loss_and_counts_divergence_as_worst():
+  def runs(final):
+    return [{"eval_steps": [0, 6], "val_loss": [4.0, final]}]
+
+  results = {"adamw@lr=0.001": runs(2.0), "adamw@lr=0.002": runs(1.9),
+             "adamw@lr=0.004": runs(float("nan")), "muon@lr=0.02": runs(1.7)}
+  table, best = compare.sweep_table(TINY, results)
+  assert best == {"adamw": 0.002, "muon": 0.02}
+  assert "**0.002: 1.900**" in table
+
+
+def test_presets():
+  sweep = configs.sweep()
+  assert len(sweep.optimizers) == sum(len(r) for r in configs.SETTINGS.values())
+  assert sweep.steps == configs.SWEEP_STEPS and sweep.warmup_steps == configs.SWEEP_STEPS // 20
+  finals = configs.finals({"muon": 0.02, "adamw": 0.002})
+  assert finals.optimizers == ("adamw@lr=0.002", "muon@lr=0.02")
+  assert finals.seeds == (0, 1, 2) and finals.steps == 2000
+  for label in sweep.optimizers:  # every label of the sweep is a valid run
+    train.check(dataclasses.replace(sweep, optimizers=(label,)))
+
+
+def test_command_line(tmp_path, capsys):
+  code = compare.main(["--synthetic", "--optimizers", "adamw", "--steps", "4", "--warmup-steps",
+                       "1", "--batch-size", "2", "--context", "8", "--layers", "1", "--width",
+                       "8", "--heads", "2", "--eval-every", "2", "--eval-windows", "4",
+                       "--time-steps", "0", "--sample-chars", "5", "--workdir", str(tmp_path)])
+  assert code == 0
+  out = capsys.readouterr().out
+  assert "| adamw | 0.001 |" in out and "sample from adamw" in out
+  with pytest.raises(SystemExit):
+    compare.main(["--preset", "finals"])  # needs --best-lrs
