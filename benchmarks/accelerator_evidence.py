@@ -18,7 +18,11 @@ with its own time limit, taken from what is left of `--budget-s` (default 540 s 
    that share the device, each with `XLA_PYTHON_CLIENT_MEM_FRACTION` of its memory. Each run
    checkpoints every epoch, so running the command again with the same `--runs` resumes where
    the time limit stopped it (add `--stages table1` to run that stage alone).
-3. `lm`: the language-model comparison, once an example for it exists (none yet: skipped).
+3. `lm` (run before `table1`, at most `LM_CAP_S`): the character-level GPT of
+   `examples.shakespeare_char` (nanoGPT's CPU configuration, 2,000 steps, one seed) with AdamW,
+   optax's Muon and orthax's settings at the rates the CPU sweep chose (`LM_OPTIMIZERS`), and
+   each optimiser's step time measured side by side; `--lm-data` names Tiny Shakespeare's
+   `input.txt` (the device machine cannot download it).
 
 A stage that runs out of time is stopped; what it wrote stays. The benchmark stages write
 `results/<device>/NAME.md|json` (device e.g. `nvidia-h200`); the summary `evidence.md|json` there
@@ -77,7 +81,15 @@ BENCHMARK_STAGES = (
           ("--models", "resnet50", "--contenders", Q3_CONTENDERS, "--repeats", "3"), 120,
           smoke_args=None),  # --smoke runs the same tiny model as q3-resnet20's
 )
-STAGE_NAMES = tuple(s.name for s in BENCHMARK_STAGES) + ("table1", "lm")
+STAGE_NAMES = tuple(s.name for s in BENCHMARK_STAGES) + ("lm", "table1")
+# The learning rates are the CPU sweep's best (examples/shakespeare_char/README.md).
+LM_OPTIMIZERS = ("adamw@lr=0.004,muon@lr=0.02,orthax-muon@method=svd@layout=heads@lr=0.02,"
+                 "orthax-muon@method=polar_express@layout=heads@lr=0.04,"
+                 "orthogonal-adamw@method=svd@layout=heads@lr=0.002")
+LM_SMOKE = ["--synthetic", "--steps", "4", "--warmup-steps", "1", "--batch-size", "2",
+            "--context", "8", "--layers", "1", "--width", "8", "--heads", "2", "--eval-every", "2",
+            "--eval-windows", "4", "--time-steps", "2", "--sample-chars", "10"]
+LM_CAP_S = 150
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -86,6 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--stages", default=",".join(STAGE_NAMES),
                  help=f"comma-separated, from {', '.join(STAGE_NAMES)} (default: all)")
   p.add_argument("--data", default=None, help="cifar10_jpeg.npz for table1")
+  p.add_argument("--lm-data", default=None, help="Tiny Shakespeare's input.txt for lm")
   p.add_argument("--memory-fraction", type=float, default=0.45,
                  help="XLA_PYTHON_CLIENT_MEM_FRACTION of each table1 process (default 0.45)")
   p.add_argument("--out", type=pathlib.Path, default=None,
@@ -231,6 +244,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = run_processes({stage.name: command}, timeout, python_env())[stage.name]
     record(stage.name, status, began)
 
+  if "lm" in args.stages:
+    began = time.monotonic()
+    reserve = args.budget_s / 3 if "table1" in args.stages else 0.0
+    timeout = left() if args.smoke else min(LM_CAP_S, left() - reserve)
+    lm_args = LM_SMOKE if args.smoke else (
+        ["--optimizers", LM_OPTIMIZERS, "--seeds", "0"]
+        + ([] if args.lm_data is None else ["--data", str(args.lm_data)]))
+    command = [sys.executable, "-m", "examples.shakespeare_char.compare", *lm_args,
+               "--workdir", str(args.runs / "lm")]
+    if timeout <= 0:
+      record("lm", "skipped (no budget left)", began)
+    else:
+      status = run_processes({"lm": command}, timeout, python_env())["lm"]
+      record("lm", status, began)
+      if (results := args.runs / "lm" / "results.json").exists():
+        summary["lm"] = json.loads(results.read_text())
+
   if "table1" in args.stages:
     began = time.monotonic()
     protocol = TABLE1_SMOKE if args.smoke else TABLE1_PROTOCOL
@@ -247,9 +277,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     epochs = int(protocol[protocol.index("--epochs") + 1])
     summary["table1"] = table1_rows(args.runs, epochs)
 
-  if "lm" in args.stages:
-    record("lm", "skipped (no language-model example yet)", time.monotonic())
-
   parts = [f"# Accelerator evidence\n\n{env['device']}, host {env['host']}, jax {env['jax']}, "
            f"{env['date']}; budget {args.budget_s:.0f} s, used {time.monotonic() - start:.0f} s."
            "\n\nCommand: `python -m benchmarks.accelerator_evidence "
@@ -259,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts.append("## Table 1, ResNet-20 (paper: batch 1024, lr 1e-2, momentum 0.9, weight decay "
                  "5e-4, 100 epochs; both runs shared the device)\n\n"
                  + markdown_table(summary["table1"]))
+  if summary.get("lm"):
+    lm = summary["lm"]
+    parts.append(f"## Character-level GPT\n\n{lm['setting']}\n\n"
+                 + "\n".join(f"- {label}: validation loss {runs[0]['val_loss'][-1]:.3f}, step "
+                             f"{lm.get('step_ms', {}).get(label, float('nan')):.1f} ms"
+                             for label, runs in lm["results"].items()))
   (out / "evidence.md").write_text("\n\n".join(parts) + "\n")
   (out / "evidence.json").write_text(json.dumps(summary, indent=2) + "\n")
   print("\n\n".join(parts), flush=True)

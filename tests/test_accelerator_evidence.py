@@ -21,8 +21,9 @@ def test_smoke_writes_every_stage_and_the_table1_rows(tmp_path):
   assert rc == 0
   summary = json.loads((out / "evidence.json").read_text())
   status = {s["stage"]: s["status"] for s in summary["stages"]}
-  assert status == {"q1": "ok", "table1": "sgdm ok, orthogonal-sgdm ok",
-                    "lm": "skipped (no language-model example yet)"}
+  assert status == {"q1": "ok", "table1": "sgdm ok, orthogonal-sgdm ok", "lm": "ok"}
+  assert list(summary["lm"]["results"]) == ["adamw", "muon"]  # the example's defaults
+  assert "## Character-level GPT" in (out / "evidence.md").read_text()
   assert (out / "matrix_methods.md").read_text().startswith("| ")
   rows = {r["optimiser"]: r for r in summary["table1"]}
   assert set(rows) == {"sgdm", "orthogonal-sgdm"}
@@ -36,6 +37,7 @@ def test_smoke_writes_every_stage_and_the_table1_rows(tmp_path):
     names = tar.getnames()
   assert "results/evidence.md" in names and "results/matrix_methods.json" in names
   assert sum(n.endswith("metrics.jsonl") for n in names) == 2
+  assert "runs/lm/results.json" in names and "runs/lm/curves.png" in names
 
 
 def test_a_stage_over_its_time_is_stopped():

@@ -64,7 +64,8 @@ ADAM_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
 MUON_RATES = (0.01, 0.02, 0.04, 0.08)
 SGD_RATES = (0.01, 0.03, 0.1, 0.3)
 SETTINGS = {
-    "adamw": ADAM_RATES,
+    # AdamW's best rate of the first four at 400 steps was the largest (4e-3): 8e-3 added.
+    "adamw": (*ADAM_RATES, 8e-3),
     "muon": MUON_RATES,
     "orthax-muon@method=polar_express@layout=whole": MUON_RATES,
     "orthax-muon@method=svd@layout=whole": MUON_RATES,
