@@ -51,6 +51,36 @@ def _example_pages() -> None:
 
 _example_pages()
 
+
+_README_LINK = re.compile(
+    r"\]\((?P<up>\.\./)?(?:(?P<name>[\w-]+)/)?README\.md(?P<anchor>#[^)\s]*)?\)")
+
+
+def _example_readme_links(app, relative_path, parent_docname, content):
+  """Links between the examples' READMEs lead to their pages on this site.
+
+  examples/README.md's `NAME/README.md` becomes example NAME's page, and an example's
+  `../README.md` (`../OTHER/README.md`) the examples page (example OTHER's page); other links and
+  other included files are left as written.
+  """
+  path = pathlib.PurePosixPath(pathlib.Path(relative_path).as_posix())
+  if path.name != "README.md" or path.parts[:2] != ("..", "examples") or len(path.parts) > 4:
+    return
+  in_example = len(path.parts) == 4
+
+  def page(match):
+    up, name, anchor = match["up"], match["name"], match["anchor"] or ""
+    if in_example and up and name:
+      return f"]({name}.md{anchor})"
+    if in_example and up:
+      return f"](../../examples.md{anchor})"
+    if not in_example and not up and name:
+      return f"](_generated/examples/{name}.md{anchor})"
+    return match[0]
+
+  content[0] = _README_LINK.sub(page, content[0])
+
+
 # The docstrings write code as `name` (Markdown habit): show it as code, not as a cross-reference.
 default_role = "code"
 
@@ -121,5 +151,6 @@ def _plain_docstring_text(app, what, name, obj, options, lines):
 
 def setup(app):
   app.connect("builder-inited", _check_api_page)
+  app.connect("include-read", _example_readme_links)
   # Before napoleon (priority 500) turns the Google-style sections into reST.
   app.connect("autodoc-process-docstring", _plain_docstring_text, priority=400)
