@@ -238,3 +238,9 @@ def test_command_line(tmp_path, capsys):
   assert "| adamw | 0.001 |" in out and "sample from adamw" in out
   with pytest.raises(SystemExit):
     compare.main(["--preset", "finals"])  # needs --best-lrs
+  code = compare.main(["--synthetic", "--optimizers", "adamw,muon", "--time-only",
+                       "--time-steps", "1", "--context", "8", "--layers", "1", "--width", "8",
+                       "--heads", "2"])
+  assert code == 0
+  out = capsys.readouterr().out
+  assert "| adamw |" in out and "| muon |" in out and "1.00x" in out

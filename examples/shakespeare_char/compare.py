@@ -210,7 +210,19 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument("--only", help="comma-separated settings of the preset to run (default all)")
   parser.add_argument("--time-steps", type=int, default=20,
                       help="steps per round when timing each optimiser side by side (0: skip)")
+  parser.add_argument("--time-only", action="store_true",
+                      help="no training: time each optimiser's step side by side, print a table")
   return parser
+
+
+def timing_table(config: Config, corpus: data.Corpus, steps: int) -> str:
+  """Markdown: each optimiser's step time, measured side by side, relative to the first's."""
+  runs = {label: train.run_config(config, label, 0) for label in config.optimizers}
+  step_ms = train.time_steps(runs, corpus, steps=steps)
+  first = config.optimizers[0]
+  lines = ["| optimiser | step time (ms) | vs " + first + " |", "| --- | ---: | ---: |"]
+  lines += [f"| {label} | {ms:.1f} | {ms / step_ms[first]:.2f}x |" for label, ms in step_ms.items()]
+  return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as error:
     parser.error(str(error))
   try:
+    if args.time_only:
+      corpus = data.load(config.data, synthetic=config.synthetic)
+      print(timing_table(config, corpus, args.time_steps or 20))
+      print(setting_line(config, corpus))
+      return 0
     compare(config, sweep=args.preset == "sweep", time_steps=args.time_steps)
   except FileNotFoundError as error:
     print(error, file=sys.stderr)

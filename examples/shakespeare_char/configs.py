@@ -64,7 +64,8 @@ ADAM_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
 MUON_RATES = (0.01, 0.02, 0.04, 0.08)
 SGD_RATES = (0.01, 0.03, 0.1, 0.3)
 SETTINGS = {
-    # AdamW's best rate of the first four at 400 steps was the largest (4e-3): 8e-3 added.
+    # AdamW's best rate of the first four at 400 steps was the largest (4e-3): 8e-3 added, as for
+    # orthogonal-adamw below.
     "adamw": (*ADAM_RATES, 8e-3),
     "muon": MUON_RATES,
     "orthax-muon@method=polar_express@layout=whole": MUON_RATES,
@@ -72,8 +73,8 @@ SETTINGS = {
     "orthax-muon@method=newton_schulz@layout=heads": MUON_RATES,
     "orthax-muon@method=polar_express@layout=heads": MUON_RATES,
     "orthax-muon@method=svd@layout=heads": MUON_RATES,
-    "orthogonal-adamw@method=svd@layout=whole": ADAM_RATES,
-    "orthogonal-adamw@method=svd@layout=heads": ADAM_RATES,
+    "orthogonal-adamw@method=svd@layout=whole": (*ADAM_RATES, 8e-3),
+    "orthogonal-adamw@method=svd@layout=heads": (*ADAM_RATES, 8e-3),
     # The paper's SGDM setting: L2 decay 5e-4 (0.1 would be coupled decay far stronger than
     # AdamW's decoupled 0.1 x lr).
     "orthogonal-sgdm@method=svd@layout=whole@weight_decay=0.0005": SGD_RATES,
