@@ -243,4 +243,4 @@ def test_command_line(tmp_path, capsys):
                        "--heads", "2"])
   assert code == 0
   out = capsys.readouterr().out
-  assert "| adamw |" in out and "| muon |" in out and "1.00x" in out
+  assert "| adamw |" in out and "| muon |" in out and "1.00x" in out and "GFLOP/s" in out

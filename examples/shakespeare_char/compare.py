@@ -216,12 +216,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def timing_table(config: Config, corpus: data.Corpus, steps: int) -> str:
-  """Markdown: each optimiser's step time, measured side by side, relative to the first's."""
+  """Markdown: each optimiser's step time, measured side by side, relative to the first's, and
+  the model's FLOP rate against a large matrix product's on the same device."""
   runs = {label: train.run_config(config, label, 0) for label in config.optimizers}
   step_ms = train.time_steps(runs, corpus, steps=steps)
   first = config.optimizers[0]
+  flops = train.step_flops(train.Run(runs[first], corpus, 0))
+  peak = train.matmul_gflops()
   lines = ["| optimiser | step time (ms) | vs " + first + " |", "| --- | ---: | ---: |"]
   lines += [f"| {label} | {ms:.1f} | {ms / step_ms[first]:.2f}x |" for label, ms in step_ms.items()]
+  rate = flops / step_ms[first] / 1e6
+  lines.append(f"\n{first}'s step: {flops / 1e9:.2f} GFLOP (XLA's count) in "
+               f"{step_ms[first]:.1f} ms = {rate:.1f} GFLOP/s; a float32 1024^3 matrix product "
+               f"here: {peak:.1f} GFLOP/s "
+               f"({100 * rate / peak:.0f} % of it)")
   return "\n".join(lines)
 
 

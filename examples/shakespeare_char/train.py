@@ -233,6 +233,27 @@ def generate(config: Config, params, corpus: data.Corpus, length: int, *, seed: 
   return corpus.decode(ids[len(prompt):])
 
 
+def step_flops(run: Run) -> float:
+  """Floating-point operations of one compiled step, as XLA counts them (nan if it does not)."""
+  analysis = run._step.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+  """The best rate of a float32 (size x size) @ (size x size) product on the default device,
+  GFLOP/s: what a step made of large matrix products could reach."""
+  x = jax.random.normal(jax.random.key(0), (size, size))
+  product = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(product(x))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(product(x))
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best / 1e9
+
+
 def time_steps(configs: dict[str, Config], corpus: data.Corpus, steps: int = 20,
                rounds: int = 3) -> dict[str, float]:
   """Milliseconds per training step of each one-run config, measured side by side in this
