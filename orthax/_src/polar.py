@@ -40,7 +40,9 @@ Array = jax.Array
 EIGH_MAX_CONDITION = 50.0
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 # The matrix-product methods iterate on the small Gram matrix when max(P, N) / min(P, N) is at
-# least this (measured: benchmarks/results/gram_iterations.md).
+# least this: faster on every shape measured from P / N = 2 on, not on square ones; nothing was
+# measured in between, where the operation count breaks even at 1.5
+# (benchmarks/results/gram_iterations.md).
 GRAM_MIN_ASPECT = 2.0
 
 
@@ -377,12 +379,14 @@ def _gram_steps(x: Array, coefficients: np.ndarray) -> Array:
   operations when L > 1.5 M, and half as many as L / M grows.
 
   Why `_odd_polynomial_steps` restarts from X every two steps: in float32 the Gram matrix squares
-  the condition number, and Q_k grows like 1 / sigma on small singular values. Run through from
-  X_0, the result drifts up to 4e-2 (spectral norm) from the float64 iteration's (Polar Express,
-  7 steps, condition number 1e3 to 1e6), where the plain form stays within 1e-4; restarted once,
-  after step 2 (as Dao-AILab's gram-newton-schulz does), still up to 1e-2 with 10 steps;
-  restarted every two steps, within the plain form's round-off on every schedule measured
-  (benchmarks/results/gram_iterations.md).
+  the condition number, and Q_k grows like 1 / sigma on small singular values. With condition
+  number 1e6 and 5 steps, the result run through from X_0 is up to 2.8e-3 (spectral norm) from
+  the float64 iteration's, restarted once after step 2 (as Dao-AILab's gram-newton-schulz does)
+  up to 7.5e-5, restarted every two steps 2.0e-5, as the plain form's 1.8e-5
+  (benchmarks/results/gram_iterations.md). With 7 and 10 Polar Express steps a single restart
+  left up to 8e-4 and 1e-2, restarts every two steps the plain form's 1e-4 (one-off measurement
+  on 64 to 256 wide matrices, condition numbers 1e3 to 1e6; tests/test_gram_iterations.py checks
+  the adopted form for 5, 7 and 10 steps).
   """
   eye = jnp.eye(x.shape[-2], dtype=x.dtype)
   r = x @ _mT(x)
@@ -404,6 +408,13 @@ def newton_schulz(x: Array, *, steps: int = 5) -> Array:
   after 5 steps singular values in [1e-3, 1] * ||X||_F land in about [0.47, 1.21], not at 1
   (Jordan et al. found this does not hurt training). Only matrix products, so it is fast on
   accelerators.
+
+  A matrix at least `GRAM_MIN_ASPECT` (2) times longer than wide is iterated two steps at a time
+  on its min(P, N) square Gram matrix ("Gram Newton-Schulz"): the same result to float32
+  round-off (both forms within 2e-5 of the float64 iteration, spectral norm) in 0.2x to 0.95x
+  of the time, median 0.5x, on ResNet-50's and a width-768 transformer's rectangular shapes and
+  at P / N = 2 to 9. Square matrices keep the plain form: there the Gram form took 0.8x to 2.3x
+  of its time, median 1.0x (2-core CPU, benchmarks/results/gram_iterations.md).
 
   Args:
     x: array of shape (..., P, N).
@@ -486,7 +497,8 @@ def polar_express(x: Array, *, steps: int = 5) -> Array:
   Like `newton_schulz` it uses only matrix products, but each step has its own minimax-optimal
   coefficients (`polar_express_coefficients`), so the singular values converge to 1: singular
   values in [1e-3, 1] * ||X||_F land in [0.87, 1.13] after 5 steps, [0.998, 1.002] after 6 and
-  at 1 to float32 precision after 7 (in exact arithmetic; see the tests).
+  at 1 to float32 precision after 7 (in exact arithmetic; see the tests). Rectangular matrices are
+  iterated on their Gram matrix, as in `newton_schulz`.
 
   Args:
     x: array of shape (..., P, N).
