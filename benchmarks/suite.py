@@ -4,7 +4,7 @@
     python -m benchmarks.suite --smoke --out DIR  # smallest sizes (the test runs this)
 
 Runs Q1 with the width-4096 transformer shapes, Q2, Q3 with ResNet-50 at batch 256, Q4, `eigh`'s
-per-matrix fallback and Q5
+per-matrix fallback, the Gram vs plain matrix-product methods and Q5
 (Q5 on the local devices: with one device there is nothing to split over, so it is skipped), and
 prints each part's wall time. Sized to finish in minutes on one H100/H200-class GPU.
 """
@@ -22,6 +22,7 @@ from benchmarks import (
     compile_time,
     distributed,
     eigh_fallback,
+    gram_iterations,
     matrix_methods,
     train_step,
     tree_update,
@@ -33,6 +34,7 @@ PARTS = [
     (train_step, ["--models", "basic_cnn,resnet20,resnet50"]),
     (compile_time, []),
     (eigh_fallback, []),
+    (gram_iterations, []),
     (distributed, []),
 ]
 

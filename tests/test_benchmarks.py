@@ -5,7 +5,7 @@ import pytest
 from benchmarks import suite
 
 NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "eigh_fallback",
-         "distributed"]
+         "gram_iterations", "distributed"]
 
 
 @pytest.mark.slow
