@@ -83,9 +83,10 @@ BENCHMARK_STAGES = (
 )
 STAGE_NAMES = tuple(s.name for s in BENCHMARK_STAGES) + ("lm", "table1")
 # The learning rates are the CPU sweep's best (examples/shakespeare_char/README.md).
-LM_OPTIMIZERS = ("adamw@lr=0.004,muon@lr=0.02,orthax-muon@method=svd@layout=heads@lr=0.02,"
-                 "orthax-muon@method=polar_express@layout=heads@lr=0.04,"
-                 "orthogonal-adamw@method=svd@layout=heads@lr=0.002")
+LM_OPTIMIZERS = ("adamw@lr=0.008,muon@lr=0.02,"
+                 "orthax-muon@method=polar_express@layout=whole@lr=0.02,"
+                 "orthogonal-adamw@method=svd@layout=whole@lr=0.008,"
+                 "orthogonal-adamw@method=svd@layout=heads@lr=0.004")
 LM_SMOKE = ["--synthetic", "--steps", "4", "--warmup-steps", "1", "--batch-size", "2",
             "--context", "8", "--layers", "1", "--width", "8", "--heads", "2", "--eval-every", "2",
             "--eval-windows", "4", "--time-steps", "2", "--sample-chars", "10"]
