@@ -62,6 +62,9 @@ def check_name(name: str, mask: str, layout: str = "default") -> None:
         f"Unknown layout {layout!r}: 'default' (orthax.Layout(): the last axis is the "
         "components), or for attention kernels 'whole' (one matrix per projection, as Muon), "
         "'heads' (each head's matrix) or 'components' (the heads as the paper's components).")
+  if name == "muon" and layout not in ("default", "whole"):
+    raise ValueError(f"optax.contrib.muon views each matrix whole; layout {layout!r} needs "
+                     "orthax-muon.")
 
 
 def matrices(params: Any) -> Any:
@@ -175,9 +178,6 @@ def make_optimizer(
   """
   check_name(name, mask, layout)
   if name == "muon":
-    if layout not in ("default", "whole"):
-      raise ValueError(f"optax.contrib.muon views each matrix whole; layout {layout!r} needs "
-                       "orthax-muon.")
     return optax.contrib.muon(
         learning_rate, beta=momentum if muon_beta is None else muon_beta,
         weight_decay=weight_decay, adam_b1=momentum, adam_b2=b2,

@@ -52,9 +52,6 @@ def check(config: Config) -> None:
   for label in config.optimizers:
     run = run_config(config, label, 0)
     optimizers.check_name(run.optimizer, run.mask, run.layout)
-    if run.optimizer == "muon" and run.layout not in ("default", "whole"):
-      raise ValueError(f"{label}: optax.contrib.muon views each matrix whole; use orthax-muon "
-                       "for other layouts.")
 
 
 def make_model(config: Config, vocab: int, seed: int) -> GPT:
