@@ -18,3 +18,13 @@ def test_suite_smoke(tmp_path, capsys):
     assert table.startswith("| ") and "| ---" in table and "jax" in table, name
     assert f"{name}: " in out
   assert "suite wall time" in out
+
+
+@pytest.mark.slow
+def test_lm_gradients_smoke(tmp_path, capsys):
+  from benchmarks import lm_gradients
+  lm_gradients.main(["--smoke", "--out", str(tmp_path)])
+  table = (tmp_path / "lm_gradients.md").read_text()
+  for route in ("orthax auto", "LAPACK SVD per matrix", "Gram route, float64, one pass"):
+    assert f"| {route}" in table, route
+  assert "AdamW's training step" in table
