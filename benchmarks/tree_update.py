@@ -51,11 +51,15 @@ def optax_muon_ns(tree):
 
 
 def main(argv: list[str] | None = None) -> None:
-  args = common.parser(__doc__).parse_args(argv)
+  p = common.parser(__doc__)
+  p.add_argument("--trees", default="resnet20,resnet50,transformer768x4",
+                 help="comma-separated, from resnet20, resnet50, transformer768x4")
+  args = p.parse_args(argv)
   single_thread_cpu_lapack()  # The same LAPACK threading for every contender.
   trees = {"resnet20": common.resnet20_kernel_shapes(),
            "resnet50": common.resnet50_kernel_shapes(),
            "transformer768x4": common.transformer_kernel_shapes(768, 4)}
+  trees = {name: trees[name] for name in args.trees.split(",")}
   if args.smoke:
     trees = {"resnet20": common.resnet20_kernel_shapes()[:4]}
   contenders = {f"orthax {m}": orthax_update(m) for m in ORTHAX_METHODS}
