@@ -138,36 +138,46 @@ def _nan_where_not(ok: Array, tree: Any) -> Any:
 
 
 def _map_matrices(fn: Callable, x: Array):
-  """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack; never to a non-finite one.
+  """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack of finite matrices.
 
-  A matrix with a non-finite entry is replaced by zeros before the call (LAPACK's SVD never
-  returns on inf or NaN) and every output of `fn` for it is NaN.
+  The caller guarantees finiteness (`_flat` zeroes a matrix with a non-finite entry before any
+  method sees it): LAPACK's SVD never returns on inf or NaN.
 
-  On CPU each matrix is its own LAPACK call, in a `lax.map` loop. A batched call would let jaxlib
+  On CPU each matrix is its own LAPACK call, in a `lax.map` loop (none for a stack of one: its
+  slicing and writing back would be kernels of their own). A batched call would let jaxlib
   (0.10 and older) split the batch over XLA's CPU thread pool and block a pool thread waiting for
   it; a few such calls running at once in one program exhaust the pool and deadlock (ResNet-50's
   21 shape groups hung: tests/test_cpu_hazards.py). Other backends get the batched call.
   """
   if jax.default_backend() == "cpu":
     single_thread_cpu_lapack()
-  finite = jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
-  safe = jnp.where(finite.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
-  out = jax.lax.platform_dependent(
-      safe, cpu=lambda x: jax.lax.map(fn, x), default=jax.vmap(fn))
-  return _nan_where_not(finite, out)
+
+  def each(x: Array):
+    if x.shape[0] == 1:
+      return jax.tree.map(lambda o: o[None], fn(x[0]))
+    return jax.lax.map(fn, x)
+
+  return jax.lax.platform_dependent(x, cpu=each, default=jax.vmap(fn))
+
+
+def _unit_scale(biggest: Array) -> tuple[Array, Array]:
+  """Two powers of two whose product puts `biggest` (finite, >= 0) in [0.5, 1); 1 for zero.
+
+  Two factors, since a single 2^k need not be representable (k up to 149 in float32).
+  """
+  _, exponent = jnp.frexp(biggest)
+  first = -exponent // 2
+  one = jnp.ones((), biggest.dtype)
+  return jnp.ldexp(one, first), jnp.ldexp(one, -exponent - first)
 
 
 def scale_to_unit(x: Array) -> Array:
   """Each (B, P, N) matrix times the power of two that puts its largest |entry| in [0.5, 1).
 
-  Exact (a power of two; XLA flushes subnormals to zero anyway); zero stays zero. Two factors,
-  since a single 2^k need not be representable (k up to 149 in float32).
+  Exact (a power of two; XLA flushes subnormals to zero anyway); zero stays zero.
   """
-  biggest = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-  _, exponent = jnp.frexp(biggest)
-  first = -exponent // 2
-  one = jnp.ones((), x.dtype)
-  return x * jnp.ldexp(one, first) * jnp.ldexp(one, -exponent - first)
+  first, second = _unit_scale(jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))
+  return x * first * second
 
 
 def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
@@ -191,8 +201,14 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
     flat = x.reshape((-1,) + x.shape[-2:]).astype(dtype)
     if flat.shape[0] == 0 or flat.shape[1] == 0 or flat.shape[2] == 0:
       return x
-    ok = jnp.all(jnp.isfinite(flat), axis=(-2, -1))
-    flat = scale_to_unit(jnp.where(ok[:, None, None], flat, 0))
+    # One reduction finds both the scale and the non-finite matrices: NaN counts as inf (XLA's
+    # CPU max need not propagate NaN). The result is `scale_to_unit` of the zeroed stack.
+    biggest = jnp.max(jnp.where(jnp.isnan(flat), jnp.inf, jnp.abs(flat)), axis=(-2, -1),
+                      keepdims=True)
+    finite = jnp.isfinite(biggest)
+    first, second = _unit_scale(jnp.where(finite, biggest, 0))
+    flat = jnp.where(finite, flat, 0) * first * second
+    ok = finite[:, 0, 0]
     if "steps" in kwargs:
       kwargs["steps"] = check_steps(fn.__name__, kwargs["steps"])
     if "rtol" in signature.parameters:
@@ -284,13 +300,14 @@ def _eigh_each(g: Array, tol: float | Array) -> Array:
 
   Each matrix is its own LAPACK call on CPU anyway (see `_map_matrices`), so a `lax.cond` per
   matrix costs nothing, and an ill-conditioned matrix costs one SVD, not its whole stack's. The
-  N x N kernels of a loop body are also shared by every shape group with the same N.
+  N x N kernels of a loop body are also shared by every shape group with the same N. `g` is
+  finite (`_flat` hands every method finite matrices), so the SVD takes it as it is.
   """
   single_thread_cpu_lapack()
 
   def one(g: Array) -> Array:
     o, accurate = _gram_polar(g, tol)
-    return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(_finite(g), tol, _thin_svd))
+    return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(g, tol, _thin_svd))
 
   if g.shape[0] == 1:  # No loop: slicing and writing back would be kernels of their own.
     return one(g[0])[None]
@@ -303,7 +320,7 @@ def _eigh_batched(g: Array, tol: float | Array) -> Array:
   o, accurate = _gram_polar(g, tol)
 
   def fix():
-    exact = _svd_polar(_finite(g), tol, jax.vmap(_thin_svd))
+    exact = _svd_polar(g, tol, jax.vmap(_thin_svd))
     return jnp.where(accurate[:, None, None], o, exact)
 
   return jax.lax.cond(jnp.all(accurate), lambda: o, fix)
@@ -539,10 +556,13 @@ def auto(x: Array, *, rtol: Any = None, compute_dtype: Any = jnp.float32) -> Arr
     compute_dtype: as in `svd`.
   """
   ratio = max(x.shape[-2:]) / max(1, min(x.shape[-2:]))
+  # One callable per method: `lax.platform_dependent` traces each distinct callable, and joins
+  # platforms that share one.
+  methods = {method: functools.partial(method, rtol=rtol, compute_dtype=compute_dtype)
+             for method in (eigh, svd)}
 
   def pick(eigh_aspect: float) -> Callable[[Array], Array]:
-    method = eigh if ratio >= eigh_aspect else svd
-    return lambda x: method(x, rtol=rtol, compute_dtype=compute_dtype)
+    return methods[eigh if ratio >= eigh_aspect else svd]
 
   per_platform = {platform: pick(rule.eigh_aspect) for platform, rule in AUTO_RULES.items()}
   return jax.lax.platform_dependent(x, default=pick(math.inf), **per_platform)
