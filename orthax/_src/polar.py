@@ -131,12 +131,6 @@ def single_thread_cpu_lapack() -> None:
       lib.set_num_threads(int(setting))
 
 
-def _nan_where_not(ok: Array, tree: Any) -> Any:
-  """Each (B, ...) array of `tree` with NaN in the matrices where the (B,) `ok` is False."""
-  return jax.tree.map(
-      lambda o: jnp.where(ok.reshape(ok.shape + (1,) * (o.ndim - 1)), o, jnp.nan), tree)
-
-
 def _map_matrices(fn: Callable, x: Array):
   """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack of finite matrices.
 
@@ -186,6 +180,12 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
   The wrapped function also takes `compute_dtype` (decompose in at least this and float32) and,
   where fn takes `rtol` or `steps`, checks them and resolves `rtol=None` from the precision of
   `x` itself (the data) before `x` is cast to the compute dtype.
+
+  fn gets finite matrices and `ok`, (B,) bool, False for a matrix that had a non-finite entry
+  (or for an invalid traced `rtol`); it must make those matrices' results all NaN. Each method
+  puts the NaN into a small factor or its first scaling, not into its P x N result: an
+  elementwise step on that result would be one more kernel to compile per shape group, fused
+  into each leaf's slice of it (benchmarks/README.md, issue 13).
   """
   signature = inspect.signature(fn)
 
@@ -214,27 +214,29 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
     if "rtol" in signature.parameters:
       ok = ok & check_rtol(kwargs.get("rtol"))
       kwargs["rtol"] = _default_rtol(flat, kwargs.get("rtol"), x.dtype)
-    out = _nan_where_not(ok, fn(flat, *args, **kwargs))
+    out = fn(flat, *args, ok=ok, **kwargs)
     return out.reshape(batch + x.shape[-2:]).astype(x.dtype)
 
   wrapped.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-      *signature.parameters.values(),
+      *(p for name, p in signature.parameters.items() if name != "ok"),
       inspect.Parameter("compute_dtype", inspect.Parameter.KEYWORD_ONLY, default=jnp.float32)])
   return wrapped
 
 
-def _svd_polar(x: Array, tol: float | Array, decompose: Callable) -> Array:
-  """U V^T from `decompose` (a thin SVD), dropping directions at or below `tol * max(S)`."""
+def _svd_polar(x: Array, tol: float | Array, decompose: Callable, ok: Array) -> Array:
+  """U V^T from `decompose` (a thin SVD), dropping directions at or below `tol * max(S)`; all
+  NaN where `ok` is False."""
   u, s, vt = decompose(x)
   keep = s > tol * s[..., :1]
-  return u @ (keep[..., :, None].astype(vt.dtype) * vt)  # Masks the small factor: no P x N kernel.
+  mask = jnp.where(ok[..., None], keep.astype(vt.dtype), jnp.nan)
+  return u @ (mask[..., :, None] * vt)  # Masks the small factor: no P x N kernel.
 
 
 _thin_svd = functools.partial(jnp.linalg.svd, full_matrices=False)
 
 
 @_flat
-def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
+def svd(x: Array, *, ok: Array, rtol: float | Array | None = None) -> Array:
   """Exact polar factor U V^T by singular value decomposition (the paper's method).
 
   Args:
@@ -250,11 +252,11 @@ def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
     An array like `x` whose matrices have orthonormal columns (P >= N) or rows (P < N) on the
     retained directions.
   """
-  return _svd_polar(x, _default_rtol(x, rtol), lambda x: _map_matrices(_thin_svd, x))
+  return _svd_polar(x, _default_rtol(x, rtol), lambda x: _map_matrices(_thin_svd, x), ok)
 
 
-def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.eigh
-                ) -> tuple[Array, Array]:
+def _gram_polar(g: Array, rtol: float | Array, ok: Array,
+                decompose: Callable = jnp.linalg.eigh) -> tuple[Array, Array]:
   """Polar factor of tall (..., P, N) matrices from two eigendecompositions of N x N Grams.
 
   Pass 1: G^T G = V diag(lam) V^T. Pass 2: the columns of B = G V are orthogonal in exact
@@ -268,7 +270,7 @@ def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.
   elementwise kernel separately, and kernels on N x N matrices are shared by every shape group
   with the same N.
 
-  `decompose` is the symmetric eigendecomposition to use.
+  `decompose` is the symmetric eigendecomposition to use; where `ok` is False, K is NaN.
 
   Returns the polar factor and, per matrix, whether the Gram route is accurate for it (not where
   the Gram matrix overflows or is non-finite).
@@ -287,6 +289,7 @@ def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.
   # dropped ones.
   inv_sqrt = jnp.where(mu > 0.5, jax.lax.rsqrt(jnp.where(mu > 0.5, mu, 1)), 0)
   k = ((d[..., :, None] * w * inv_sqrt[..., None, :]) @ _mT(w)) @ _mT(v)
+  k = jnp.where(ok[..., None, None], k, jnp.nan)
   # Every ill-conditioned direction is dropped anyway when rtol > 1 / EIGH_MAX_CONDITION (rtol
   # may be a traced array: optax.inject_hyperparams).
   well_conditioned = (lam >= lam_max / EIGH_MAX_CONDITION**2) | (rtol > 1 / EIGH_MAX_CONDITION)
@@ -295,7 +298,7 @@ def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.
   return b @ k, accurate
 
 
-def _eigh_each(g: Array, tol: float | Array) -> Array:
+def _eigh_each(g: Array, tol: float | Array, ok: Array) -> Array:
   """CPU: one matrix at a time, the Gram route and, only where it is inaccurate, an SVD.
 
   Each matrix is its own LAPACK call on CPU anyway (see `_map_matrices`), so a `lax.cond` per
@@ -305,22 +308,22 @@ def _eigh_each(g: Array, tol: float | Array) -> Array:
   """
   single_thread_cpu_lapack()
 
-  def one(g: Array) -> Array:
-    o, accurate = _gram_polar(g, tol)
-    return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(g, tol, _thin_svd))
+  def one(g: Array, ok: Array) -> Array:
+    o, accurate = _gram_polar(g, tol, ok)
+    return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(g, tol, _thin_svd, ok))
 
   if g.shape[0] == 1:  # No loop: slicing and writing back would be kernels of their own.
-    return one(g[0])[None]
-  return jax.lax.map(one, g)
+    return one(g[0], ok[0])[None]
+  return jax.lax.map(lambda args: one(*args), (g, ok))
 
 
-def _eigh_batched(g: Array, tol: float | Array) -> Array:
+def _eigh_batched(g: Array, tol: float | Array, ok: Array) -> Array:
   """Other backends: the whole stack at once; where any matrix is inaccurate, one SVD of the
   stack replaces those matrices (a `lax.cond` under `vmap` would run both routes always)."""
-  o, accurate = _gram_polar(g, tol)
+  o, accurate = _gram_polar(g, tol, ok)
 
   def fix():
-    exact = _svd_polar(g, tol, jax.vmap(_thin_svd))
+    exact = _svd_polar(g, tol, jax.vmap(_thin_svd), ok)
     return jnp.where(accurate[:, None, None], o, exact)
 
   return jax.lax.cond(jnp.all(accurate), lambda: o, fix)
@@ -333,7 +336,7 @@ def _finite(x: Array) -> Array:
 
 
 @_flat
-def eigh(x: Array, *, rtol: float | None = None) -> Array:
+def eigh(x: Array, *, ok: Array, rtol: float | None = None) -> Array:
   """Exact polar factor from eigendecompositions of the small Gram matrix.
 
   Why: on CPU two symmetric eigendecompositions of N x N Gram matrices plus a few matrix products
@@ -354,16 +357,17 @@ def eigh(x: Array, *, rtol: float | None = None) -> Array:
   tol = _default_rtol(x, rtol)
   wide = x.shape[-2] < x.shape[-1]
   g = _mT(x) if wide else x
-  o = jax.lax.platform_dependent(g, cpu=functools.partial(_eigh_each, tol=tol),
-                                 default=functools.partial(_eigh_batched, tol=tol))
+  o = jax.lax.platform_dependent(g, cpu=functools.partial(_eigh_each, tol=tol, ok=ok),
+                                 default=functools.partial(_eigh_batched, tol=tol, ok=ok))
   return _mT(o) if wide else o
 
 
-def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, *, gram: bool | None = None
-                          ) -> Array:
+def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, *, gram: bool | None = None,
+                          ok: Array | None = None) -> Array:
   """Applies X <- a X + (b A + c A^2) X with A = X X^T, per row of `coefficients`.
 
-  X is normalised by its Frobenius norm first, so every singular value starts in [0, 1]. Works
+  X is normalised by its Frobenius norm first, so every singular value starts in [0, 1]; a
+  matrix whose `ok` is False (default: none) is made NaN there, and stays NaN. Works
   on the side with fewer rows (the transpose trick), so A is min(P, N) square. `gram` picks the
   form: every step on X (False), or two steps at a time through the Gram matrix (True,
   `_gram_steps`); None picks Gram when max(P, N) >= GRAM_MIN_ASPECT * min(P, N).
@@ -372,7 +376,10 @@ def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, *, gram: bool | No
   if tall:
     x = _mT(x)
   norm = jnp.linalg.norm(x, axis=(-2, -1), keepdims=True)
-  x = x / jnp.where(norm > 0, norm, 1)  # No epsilon: the result is exactly scale-invariant.
+  norm = jnp.where(norm > 0, norm, 1)  # No epsilon: the result is exactly scale-invariant.
+  if ok is not None:
+    norm = jnp.where(ok[:, None, None], norm, jnp.nan)
+  x = x / norm
   if gram is None:
     gram = x.shape[-1] >= GRAM_MIN_ASPECT * x.shape[-2]
   if gram:
@@ -418,7 +425,7 @@ def _gram_steps(x: Array, coefficients: np.ndarray) -> Array:
 
 
 @_flat
-def newton_schulz(x: Array, *, steps: int = 5) -> Array:
+def newton_schulz(x: Array, *, ok: Array, steps: int = 5) -> Array:
   """Approximate polar factor by Muon's quintic Newton-Schulz iteration.
 
   The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at zero rather than converge:
@@ -442,7 +449,7 @@ def newton_schulz(x: Array, *, steps: int = 5) -> Array:
     <https://kellerjordan.github.io/posts/muon/>`_, 2024
   """
   coefficients = np.tile(np.asarray(NEWTON_SCHULZ_COEFFICIENTS), (steps, 1))
-  return _odd_polynomial_steps(x, coefficients)
+  return _odd_polynomial_steps(x, coefficients, ok=ok)
 
 
 def _minimax_quintic(lo: float, hi: float) -> tuple[np.ndarray, float]:
@@ -508,7 +515,7 @@ def polar_express_coefficients(
 
 
 @_flat
-def polar_express(x: Array, *, steps: int = 5) -> Array:
+def polar_express(x: Array, *, ok: Array, steps: int = 5) -> Array:
   """Approximate polar factor by the Polar Express iteration (Amsel et al. 2025).
 
   Like `newton_schulz` it uses only matrix products, but each step has its own minimax-optimal
@@ -521,7 +528,7 @@ def polar_express(x: Array, *, steps: int = 5) -> Array:
     x: array of shape (..., P, N).
     steps: number of iterations.
   """
-  return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)))
+  return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)), ok=ok)
 
 
 class AutoRule(NamedTuple):
