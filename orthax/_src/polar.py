@@ -174,17 +174,6 @@ def scale_to_unit(x: Array) -> Array:
   return x * first * second
 
 
-def _max_abs_or_inf(x: Array) -> Array:
-  """Each (B, P, N) matrix's largest |entry|, inf where one is NaN: one reduction finds both the
-  scale and the non-finite matrices. XLA's CPU max reduction need not propagate NaN, and a NaN
-  to inf select before it would be a P x N kernel of its own; this combiner does neither."""
-
-  def max_or_inf(a: Array, b: Array) -> Array:
-    return jnp.where((a == a) & (b == b), jnp.maximum(a, b), jnp.inf)
-
-  return jax.lax.reduce(jnp.abs(x), np.zeros((), x.dtype), max_or_inf, (1, 2))
-
-
 def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
   """Lifts fn on a (B, P, N) stack to any (..., P, N) array, following the module's conventions.
 
@@ -212,8 +201,10 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
     flat = x.reshape((-1,) + x.shape[-2:]).astype(dtype)
     if flat.shape[0] == 0 or flat.shape[1] == 0 or flat.shape[2] == 0:
       return x
-    # The result is `scale_to_unit` of the stack with its non-finite matrices zeroed.
-    biggest = _max_abs_or_inf(flat)[:, None, None]
+    # One reduction finds both the scale and the non-finite matrices: NaN counts as inf (XLA's
+    # CPU max need not propagate NaN). The result is `scale_to_unit` of the zeroed stack.
+    biggest = jnp.max(jnp.where(jnp.isnan(flat), jnp.inf, jnp.abs(flat)), axis=(-2, -1),
+                      keepdims=True)
     finite = jnp.isfinite(biggest)
     first, second = _unit_scale(jnp.where(finite, biggest, 0))
     flat = jnp.where(finite, flat, 0) * first * second
