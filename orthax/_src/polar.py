@@ -131,7 +131,7 @@ def single_thread_cpu_lapack() -> None:
       lib.set_num_threads(int(setting))
 
 
-def _map_matrices(fn: Callable, x: Array):
+def _map_matrices(fn: Callable, *xs: Array):
   """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack of finite matrices.
 
   The caller guarantees finiteness (`_flat` zeroes a matrix with a non-finite entry before any
@@ -146,12 +146,12 @@ def _map_matrices(fn: Callable, x: Array):
   if jax.default_backend() == "cpu":
     single_thread_cpu_lapack()
 
-  def each(x: Array):
-    if x.shape[0] == 1:
-      return jax.tree.map(lambda o: o[None], fn(x[0]))
-    return jax.lax.map(fn, x)
+  def each(*xs: Array):
+    if xs[0].shape[0] == 1:
+      return jax.tree.map(lambda o: o[None], fn(*(x[0] for x in xs)))
+    return jax.lax.map(lambda xs: fn(*xs), xs)
 
-  return jax.lax.platform_dependent(x, cpu=each, default=jax.vmap(fn))
+  return jax.lax.platform_dependent(*xs, cpu=each, default=jax.vmap(fn))
 
 
 def _unit_scale(biggest: Array) -> tuple[Array, Array]:
@@ -252,7 +252,10 @@ def svd(x: Array, *, ok: Array, rtol: float | Array | None = None) -> Array:
     An array like `x` whose matrices have orthonormal columns (P >= N) or rows (P < N) on the
     retained directions.
   """
-  return _svd_polar(x, _default_rtol(x, rtol), lambda x: _map_matrices(_thin_svd, x), ok)
+  tol = _default_rtol(x, rtol)
+  # Each matrix's product U (mask V^T) inside the loop: one P x N write-back per matrix, not U's,
+  # S's and V^T's.
+  return _map_matrices(lambda x, ok: _svd_polar(x, tol, _thin_svd, ok), x, ok)
 
 
 def _gram_polar(g: Array, rtol: float | Array, ok: Array,
