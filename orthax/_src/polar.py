@@ -132,7 +132,8 @@ def single_thread_cpu_lapack() -> None:
 
 
 def _map_matrices(fn: Callable, *xs: Array):
-  """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack of finite matrices.
+  """Applies a LAPACK-backed `fn` to matrix b of each (B, ...) stack in `xs`, for every b; the
+  first stack holds finite matrices.
 
   The caller guarantees finiteness (`_flat` zeroes a matrix with a non-finite entry before any
   method sees it): LAPACK's SVD never returns on inf or NaN.
