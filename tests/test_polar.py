@@ -107,6 +107,30 @@ def test_non_finite_gives_nan_for_that_matrix_only(name, bad):
   assert np.isfinite(o[1]).all()
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_entry_anywhere_in_any_matrix_is_found(name, bad):
+  """The non-finite matrices are found by the same max |entry| reduction that scales them (NaN
+  counted as inf): an entry at the start, the end or inside, of the first, a middle or the last
+  matrix of a stack, under jit, makes exactly that matrix NaN; entries near the float32 maximum
+  do not."""
+  rng = np.random.default_rng(3)
+  method = jax.jit(ALL[name])
+  huge = np.float32(np.finfo(np.float32).max)
+  for shape in [(1, 40, 24), (5, 40, 24), (3, 24, 40)]:
+    base = conditioned(rng, *shape[1:], kappa=3.0, batch=shape[:1])
+    base[:, 0, 0] = huge  # Finite, but its Gram or Frobenius norm would overflow unscaled.
+    base[:, -1, -1] = -huge
+    for b in sorted({0, shape[0] // 2, shape[0] - 1}):
+      for i, j in [(0, 0), (shape[1] - 1, shape[2] - 1), (shape[1] // 2, 7)]:
+        g = base.copy()
+        g[b, i, j] = bad
+        o = np.asarray(method(jnp.asarray(g)))
+        for k in range(shape[0]):
+          assert (np.isnan(o[k]).all() if k == b else np.isfinite(o[k]).all()), (shape, b, i, j)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(method(jnp.asarray(base)))), True)
+
+
 @pytest.mark.parametrize("name", EXACT)
 def test_rank_deficient_gradient_keeps_only_its_directions(name):
   """The issue's case: a rank-4 512 x 10 gradient, as a dense layer gets at batch 4."""

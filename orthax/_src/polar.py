@@ -131,43 +131,48 @@ def single_thread_cpu_lapack() -> None:
       lib.set_num_threads(int(setting))
 
 
-def _nan_where_not(ok: Array, tree: Any) -> Any:
-  """Each (B, ...) array of `tree` with NaN in the matrices where the (B,) `ok` is False."""
-  return jax.tree.map(
-      lambda o: jnp.where(ok.reshape(ok.shape + (1,) * (o.ndim - 1)), o, jnp.nan), tree)
+def _map_matrices(fn: Callable, *xs: Array):
+  """Applies a LAPACK-backed `fn` to matrix b of each (B, ...) stack in `xs`, for every b; the
+  first stack holds finite matrices.
 
+  The caller guarantees finiteness (`_flat` zeroes a matrix with a non-finite entry before any
+  method sees it): LAPACK's SVD never returns on inf or NaN.
 
-def _map_matrices(fn: Callable, x: Array):
-  """Applies a LAPACK-backed `fn` to every matrix of a (B, ...) stack; never to a non-finite one.
-
-  A matrix with a non-finite entry is replaced by zeros before the call (LAPACK's SVD never
-  returns on inf or NaN) and every output of `fn` for it is NaN.
-
-  On CPU each matrix is its own LAPACK call, in a `lax.map` loop. A batched call would let jaxlib
+  On CPU each matrix is its own LAPACK call, in a `lax.map` loop (none for a stack of one: its
+  slicing and writing back would be kernels of their own). A batched call would let jaxlib
   (0.10 and older) split the batch over XLA's CPU thread pool and block a pool thread waiting for
   it; a few such calls running at once in one program exhaust the pool and deadlock (ResNet-50's
   21 shape groups hung: tests/test_cpu_hazards.py). Other backends get the batched call.
   """
   if jax.default_backend() == "cpu":
     single_thread_cpu_lapack()
-  finite = jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
-  safe = jnp.where(finite.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
-  out = jax.lax.platform_dependent(
-      safe, cpu=lambda x: jax.lax.map(fn, x), default=jax.vmap(fn))
-  return _nan_where_not(finite, out)
+
+  def each(*xs: Array):
+    if xs[0].shape[0] == 1:
+      return jax.tree.map(lambda o: o[None], fn(*(x[0] for x in xs)))
+    return jax.lax.map(lambda xs: fn(*xs), xs)
+
+  return jax.lax.platform_dependent(*xs, cpu=each, default=jax.vmap(fn))
+
+
+def _unit_scale(biggest: Array) -> tuple[Array, Array]:
+  """Two powers of two whose product puts `biggest` (finite, >= 0) in [0.5, 1); 1 for zero.
+
+  Two factors, since a single 2^k need not be representable (k up to 149 in float32).
+  """
+  _, exponent = jnp.frexp(biggest)
+  first = -exponent // 2
+  one = jnp.ones((), biggest.dtype)
+  return jnp.ldexp(one, first), jnp.ldexp(one, -exponent - first)
 
 
 def scale_to_unit(x: Array) -> Array:
   """Each (B, P, N) matrix times the power of two that puts its largest |entry| in [0.5, 1).
 
-  Exact (a power of two; XLA flushes subnormals to zero anyway); zero stays zero. Two factors,
-  since a single 2^k need not be representable (k up to 149 in float32).
+  Exact (a power of two; XLA flushes subnormals to zero anyway); zero stays zero.
   """
-  biggest = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-  _, exponent = jnp.frexp(biggest)
-  first = -exponent // 2
-  one = jnp.ones((), x.dtype)
-  return x * jnp.ldexp(one, first) * jnp.ldexp(one, -exponent - first)
+  first, second = _unit_scale(jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))
+  return x * first * second
 
 
 def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
@@ -176,6 +181,12 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
   The wrapped function also takes `compute_dtype` (decompose in at least this and float32) and,
   where fn takes `rtol` or `steps`, checks them and resolves `rtol=None` from the precision of
   `x` itself (the data) before `x` is cast to the compute dtype.
+
+  fn gets finite matrices and `ok`, (B,) bool, False for a matrix that had a non-finite entry
+  (or for an invalid traced `rtol`); it must make those matrices' results all NaN. Each method
+  puts the NaN into a small factor or its first scaling, not into its P x N result: an
+  elementwise step on that result would be one more kernel to compile per shape group, fused
+  into each leaf's slice of it (benchmarks/README.md, issue 13).
   """
   signature = inspect.signature(fn)
 
@@ -191,34 +202,42 @@ def _flat(fn: Callable[..., Array]) -> Callable[..., Array]:
     flat = x.reshape((-1,) + x.shape[-2:]).astype(dtype)
     if flat.shape[0] == 0 or flat.shape[1] == 0 or flat.shape[2] == 0:
       return x
-    ok = jnp.all(jnp.isfinite(flat), axis=(-2, -1))
-    flat = scale_to_unit(jnp.where(ok[:, None, None], flat, 0))
+    # One reduction finds both the scale and the non-finite matrices: NaN counts as inf (XLA's
+    # CPU max need not propagate NaN). The result is `scale_to_unit` of the zeroed stack.
+    biggest = jnp.max(jnp.where(jnp.isnan(flat), jnp.inf, jnp.abs(flat)), axis=(-2, -1),
+                      keepdims=True)
+    finite = jnp.isfinite(biggest)
+    first, second = _unit_scale(jnp.where(finite, biggest, 0))
+    flat = jnp.where(finite, flat, 0) * first * second
+    ok = finite[:, 0, 0]
     if "steps" in kwargs:
       kwargs["steps"] = check_steps(fn.__name__, kwargs["steps"])
     if "rtol" in signature.parameters:
       ok = ok & check_rtol(kwargs.get("rtol"))
       kwargs["rtol"] = _default_rtol(flat, kwargs.get("rtol"), x.dtype)
-    out = _nan_where_not(ok, fn(flat, *args, **kwargs))
+    out = fn(flat, *args, ok=ok, **kwargs)
     return out.reshape(batch + x.shape[-2:]).astype(x.dtype)
 
   wrapped.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
-      *signature.parameters.values(),
+      *(p for name, p in signature.parameters.items() if name != "ok"),
       inspect.Parameter("compute_dtype", inspect.Parameter.KEYWORD_ONLY, default=jnp.float32)])
   return wrapped
 
 
-def _svd_polar(x: Array, tol: float | Array, decompose: Callable) -> Array:
-  """U V^T from `decompose` (a thin SVD), dropping directions at or below `tol * max(S)`."""
+def _svd_polar(x: Array, tol: float | Array, decompose: Callable, ok: Array) -> Array:
+  """U V^T from `decompose` (a thin SVD), dropping directions at or below `tol * max(S)`; all
+  NaN where `ok` is False."""
   u, s, vt = decompose(x)
   keep = s > tol * s[..., :1]
-  return u @ (keep[..., :, None].astype(vt.dtype) * vt)  # Masks the small factor: no P x N kernel.
+  mask = jnp.where(ok[..., None], keep.astype(vt.dtype), jnp.nan)
+  return u @ (mask[..., :, None] * vt)  # Masks the small factor: no P x N kernel.
 
 
 _thin_svd = functools.partial(jnp.linalg.svd, full_matrices=False)
 
 
 @_flat
-def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
+def svd(x: Array, *, ok: Array, rtol: float | Array | None = None) -> Array:
   """Exact polar factor U V^T by singular value decomposition (the paper's method).
 
   Args:
@@ -234,11 +253,14 @@ def svd(x: Array, *, rtol: float | Array | None = None) -> Array:
     An array like `x` whose matrices have orthonormal columns (P >= N) or rows (P < N) on the
     retained directions.
   """
-  return _svd_polar(x, _default_rtol(x, rtol), lambda x: _map_matrices(_thin_svd, x))
+  tol = _default_rtol(x, rtol)
+  # Each matrix's product U (mask V^T) inside the loop: one P x N write-back per matrix, not U's,
+  # S's and V^T's.
+  return _map_matrices(lambda x, ok: _svd_polar(x, tol, _thin_svd, ok), x, ok)
 
 
-def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.eigh
-                ) -> tuple[Array, Array]:
+def _gram_polar(g: Array, rtol: float | Array, ok: Array,
+                decompose: Callable = jnp.linalg.eigh) -> tuple[Array, Array]:
   """Polar factor of tall (..., P, N) matrices from two eigendecompositions of N x N Grams.
 
   Pass 1: G^T G = V diag(lam) V^T. Pass 2: the columns of B = G V are orthogonal in exact
@@ -252,7 +274,7 @@ def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.
   elementwise kernel separately, and kernels on N x N matrices are shared by every shape group
   with the same N.
 
-  `decompose` is the symmetric eigendecomposition to use.
+  `decompose` is the symmetric eigendecomposition to use; where `ok` is False, K is NaN.
 
   Returns the polar factor and, per matrix, whether the Gram route is accurate for it (not where
   the Gram matrix overflows or is non-finite).
@@ -271,6 +293,7 @@ def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.
   # dropped ones.
   inv_sqrt = jnp.where(mu > 0.5, jax.lax.rsqrt(jnp.where(mu > 0.5, mu, 1)), 0)
   k = ((d[..., :, None] * w * inv_sqrt[..., None, :]) @ _mT(w)) @ _mT(v)
+  k = jnp.where(ok[..., None, None], k, jnp.nan)
   # Every ill-conditioned direction is dropped anyway when rtol > 1 / EIGH_MAX_CONDITION (rtol
   # may be a traced array: optax.inject_hyperparams).
   well_conditioned = (lam >= lam_max / EIGH_MAX_CONDITION**2) | (rtol > 1 / EIGH_MAX_CONDITION)
@@ -279,31 +302,32 @@ def _gram_polar(g: Array, rtol: float | Array, decompose: Callable = jnp.linalg.
   return b @ k, accurate
 
 
-def _eigh_each(g: Array, tol: float | Array) -> Array:
+def _eigh_each(g: Array, tol: float | Array, ok: Array) -> Array:
   """CPU: one matrix at a time, the Gram route and, only where it is inaccurate, an SVD.
 
   Each matrix is its own LAPACK call on CPU anyway (see `_map_matrices`), so a `lax.cond` per
   matrix costs nothing, and an ill-conditioned matrix costs one SVD, not its whole stack's. The
-  N x N kernels of a loop body are also shared by every shape group with the same N.
+  N x N kernels of a loop body are also shared by every shape group with the same N. `g` is
+  finite (`_flat` hands every method finite matrices), so the SVD takes it as it is.
   """
   single_thread_cpu_lapack()
 
-  def one(g: Array) -> Array:
-    o, accurate = _gram_polar(g, tol)
-    return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(_finite(g), tol, _thin_svd))
+  def one(g: Array, ok: Array) -> Array:
+    o, accurate = _gram_polar(g, tol, ok)
+    return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(g, tol, _thin_svd, ok))
 
   if g.shape[0] == 1:  # No loop: slicing and writing back would be kernels of their own.
-    return one(g[0])[None]
-  return jax.lax.map(one, g)
+    return one(g[0], ok[0])[None]
+  return jax.lax.map(lambda args: one(*args), (g, ok))
 
 
-def _eigh_batched(g: Array, tol: float | Array) -> Array:
+def _eigh_batched(g: Array, tol: float | Array, ok: Array) -> Array:
   """Other backends: the whole stack at once; where any matrix is inaccurate, one SVD of the
   stack replaces those matrices (a `lax.cond` under `vmap` would run both routes always)."""
-  o, accurate = _gram_polar(g, tol)
+  o, accurate = _gram_polar(g, tol, ok)
 
   def fix():
-    exact = _svd_polar(_finite(g), tol, jax.vmap(_thin_svd))
+    exact = _svd_polar(g, tol, jax.vmap(_thin_svd), ok)
     return jnp.where(accurate[:, None, None], o, exact)
 
   return jax.lax.cond(jnp.all(accurate), lambda: o, fix)
@@ -316,7 +340,7 @@ def _finite(x: Array) -> Array:
 
 
 @_flat
-def eigh(x: Array, *, rtol: float | None = None) -> Array:
+def eigh(x: Array, *, ok: Array, rtol: float | None = None) -> Array:
   """Exact polar factor from eigendecompositions of the small Gram matrix.
 
   Why: on CPU two symmetric eigendecompositions of N x N Gram matrices plus a few matrix products
@@ -337,16 +361,17 @@ def eigh(x: Array, *, rtol: float | None = None) -> Array:
   tol = _default_rtol(x, rtol)
   wide = x.shape[-2] < x.shape[-1]
   g = _mT(x) if wide else x
-  o = jax.lax.platform_dependent(g, cpu=functools.partial(_eigh_each, tol=tol),
-                                 default=functools.partial(_eigh_batched, tol=tol))
+  o = jax.lax.platform_dependent(g, cpu=functools.partial(_eigh_each, tol=tol, ok=ok),
+                                 default=functools.partial(_eigh_batched, tol=tol, ok=ok))
   return _mT(o) if wide else o
 
 
-def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, *, gram: bool | None = None
-                          ) -> Array:
+def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, *, gram: bool | None = None,
+                          ok: Array | None = None) -> Array:
   """Applies X <- a X + (b A + c A^2) X with A = X X^T, per row of `coefficients`.
 
-  X is normalised by its Frobenius norm first, so every singular value starts in [0, 1]. Works
+  X is normalised by its Frobenius norm first, so every singular value starts in [0, 1]; a
+  matrix whose `ok` is False (default: none) is made NaN there, and stays NaN. Works
   on the side with fewer rows (the transpose trick), so A is min(P, N) square. `gram` picks the
   form: every step on X (False), or two steps at a time through the Gram matrix (True,
   `_gram_steps`); None picks Gram when max(P, N) >= GRAM_MIN_ASPECT * min(P, N).
@@ -355,7 +380,10 @@ def _odd_polynomial_steps(x: Array, coefficients: np.ndarray, *, gram: bool | No
   if tall:
     x = _mT(x)
   norm = jnp.linalg.norm(x, axis=(-2, -1), keepdims=True)
-  x = x / jnp.where(norm > 0, norm, 1)  # No epsilon: the result is exactly scale-invariant.
+  norm = jnp.where(norm > 0, norm, 1)  # No epsilon: the result is exactly scale-invariant.
+  if ok is not None:
+    norm = jnp.where(ok[:, None, None], norm, jnp.nan)
+  x = x / norm
   if gram is None:
     gram = x.shape[-1] >= GRAM_MIN_ASPECT * x.shape[-2]
   if gram:
@@ -401,7 +429,7 @@ def _gram_steps(x: Array, coefficients: np.ndarray) -> Array:
 
 
 @_flat
-def newton_schulz(x: Array, *, steps: int = 5) -> Array:
+def newton_schulz(x: Array, *, ok: Array, steps: int = 5) -> Array:
   """Approximate polar factor by Muon's quintic Newton-Schulz iteration.
 
   The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at zero rather than converge:
@@ -425,7 +453,7 @@ def newton_schulz(x: Array, *, steps: int = 5) -> Array:
     <https://kellerjordan.github.io/posts/muon/>`_, 2024
   """
   coefficients = np.tile(np.asarray(NEWTON_SCHULZ_COEFFICIENTS), (steps, 1))
-  return _odd_polynomial_steps(x, coefficients)
+  return _odd_polynomial_steps(x, coefficients, ok=ok)
 
 
 def _minimax_quintic(lo: float, hi: float) -> tuple[np.ndarray, float]:
@@ -491,7 +519,7 @@ def polar_express_coefficients(
 
 
 @_flat
-def polar_express(x: Array, *, steps: int = 5) -> Array:
+def polar_express(x: Array, *, ok: Array, steps: int = 5) -> Array:
   """Approximate polar factor by the Polar Express iteration (Amsel et al. 2025).
 
   Like `newton_schulz` it uses only matrix products, but each step has its own minimax-optimal
@@ -504,7 +532,7 @@ def polar_express(x: Array, *, steps: int = 5) -> Array:
     x: array of shape (..., P, N).
     steps: number of iterations.
   """
-  return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)))
+  return _odd_polynomial_steps(x, np.asarray(polar_express_coefficients(steps)), ok=ok)
 
 
 class AutoRule(NamedTuple):
@@ -539,10 +567,13 @@ def auto(x: Array, *, rtol: Any = None, compute_dtype: Any = jnp.float32) -> Arr
     compute_dtype: as in `svd`.
   """
   ratio = max(x.shape[-2:]) / max(1, min(x.shape[-2:]))
+  # One callable per method: `lax.platform_dependent` traces each distinct callable, and joins
+  # platforms that share one.
+  methods = {method: functools.partial(method, rtol=rtol, compute_dtype=compute_dtype)
+             for method in (eigh, svd)}
 
   def pick(eigh_aspect: float) -> Callable[[Array], Array]:
-    method = eigh if ratio >= eigh_aspect else svd
-    return lambda x: method(x, rtol=rtol, compute_dtype=compute_dtype)
+    return methods[eigh if ratio >= eigh_aspect else svd]
 
   per_platform = {platform: pick(rule.eigh_aspect) for platform, rule in AUTO_RULES.items()}
   return jax.lax.platform_dependent(x, default=pick(math.inf), **per_platform)

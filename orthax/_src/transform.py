@@ -59,6 +59,7 @@ def _component_transform(
     step_scale: Callable[[int, int], float] | None = None,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
     check_shapes: bool = False,
+    guard: bool = True,
 ) -> optax.GradientTransformation:
   """Applies `matrix_fn` to the (B, P, N) component matrices of the leaves that `mask` selects.
 
@@ -67,7 +68,7 @@ def _component_transform(
   that takes `compute_dtype` gets each stack in its gradient's own dtype (so that it can take
   its tolerance from the data's precision); any other gets it cast to at least `compute_dtype`.
   With a `mesh`, the matrices are dealt out to its devices. Every update has its gradient's
-  sharding.
+  sharding. `guard=False` leaves out `_finite_only` for a `matrix_fn` that guards itself.
   """
   fn: MatrixFn
   if _takes_compute_dtype(matrix_fn):
@@ -82,7 +83,7 @@ def _component_transform(
     def stack_dtype(dtype):
       return jnp.promote_types(dtype, compute_dtype)
 
-  guarded = _finite_only(fn)
+  guarded = _finite_only(fn) if guard else fn
 
   apply: Callable[[list[Array]], list[Array]]
   if mesh is None:
@@ -304,7 +305,7 @@ def orthogonalise_components(
         f"mesh must be a jax.sharding.Mesh (e.g. from jax.make_mesh) or None, got {mesh!r}.")
   return _component_transform(
       matrix_fn, mask=mask, layout=layout, compute_dtype=compute_dtype, step_scale=scale,
-      mesh=mesh, check_shapes=callable(method))
+      mesh=mesh, check_shapes=callable(method), guard=callable(method))
 
 
 def orthogonalise(method: Method = "auto", *, mask: MaskSpec = None
