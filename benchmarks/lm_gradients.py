@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     kept.append(int(np.sum(s > rtol * s[0])))
     kappa.append(float(s[0] / s[kept[-1] - 1]))
     x = jnp.asarray(g)
-    gram, accurate = polar_src._gram_polar(polar_src.scale_to_unit(x[None]), rtol)
+    gram, accurate = polar_src._gram_polar(
+        polar_src.scale_to_unit(x[None]), rtol, jnp.ones((1,), bool))
     fallbacks += int(not accurate[0])
     routes = (polar.auto(x), polar.svd(x), polar.eigh(x), gram[0], gram_one_pass_f64(g, rtol))
     for name, o in zip(errors, routes, strict=True):
