@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--data", default=None, help="Tiny Shakespeare's input.txt (default: as the "
                  "example finds it)")
   args = p.parse_args(argv)
-  polar.svd(jnp.ones((2, 1)))  # Sets up LAPACK threading as the library does.
-  polar_src.single_thread_cpu_lapack()
+  polar_src.single_thread_cpu_lapack()  # LAPACK threading as the library sets it.
   run, matrices = hidden_gradients(1 if args.smoke else args.steps, args.data, args.smoke)
   trained = run.count  # Before the timing below steps it on.
   repeats = 1 if args.smoke else args.repeats

@@ -146,13 +146,15 @@ def _map_matrices(fn: Callable, *xs: Array):
   """
   if jax.default_backend() == "cpu":
     single_thread_cpu_lapack()
+  return jax.lax.platform_dependent(*xs, cpu=functools.partial(_each, fn), default=jax.vmap(fn))
 
-  def each(*xs: Array):
-    if xs[0].shape[0] == 1:
-      return jax.tree.map(lambda o: o[None], fn(*(x[0] for x in xs)))
-    return jax.lax.map(lambda xs: fn(*xs), xs)
 
-  return jax.lax.platform_dependent(*xs, cpu=each, default=jax.vmap(fn))
+def _each(fn: Callable, *xs: Array):
+  """`fn` on matrix b of each (B, ...) stack in `xs`, one b at a time, in a `lax.map` loop; no
+  loop for a stack of one (its slicing and writing back would be kernels of their own)."""
+  if xs[0].shape[0] == 1:
+    return jax.tree.map(lambda o: o[None], fn(*(x[0] for x in xs)))
+  return jax.lax.map(lambda xs: fn(*xs), xs)
 
 
 def _unit_scale(biggest: Array) -> tuple[Array, Array]:
@@ -316,9 +318,7 @@ def _eigh_each(g: Array, tol: float | Array, ok: Array) -> Array:
     o, accurate = _gram_polar(g, tol, ok)
     return jax.lax.cond(accurate, lambda: o, lambda: _svd_polar(g, tol, _thin_svd, ok))
 
-  if g.shape[0] == 1:  # No loop: slicing and writing back would be kernels of their own.
-    return one(g[0], ok[0])[None]
-  return jax.lax.map(lambda args: one(*args), (g, ok))
+  return _each(one, g, ok)
 
 
 def _eigh_batched(g: Array, tol: float | Array, ok: Array) -> Array:
