@@ -50,16 +50,19 @@ def optax_muon_ns(tree):
   return {k: leaf(v) for k, v in tree.items()}
 
 
+TREES = {
+    "resnet20": common.resnet20_kernel_shapes,
+    "resnet50": common.resnet50_kernel_shapes,
+    "transformer768x4": lambda: common.transformer_kernel_shapes(768, 4),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
   p = common.parser(__doc__)
-  p.add_argument("--trees", default="resnet20,resnet50,transformer768x4",
-                 help="comma-separated, from resnet20, resnet50, transformer768x4")
+  p.add_argument("--trees", default=",".join(TREES), help=f"comma-separated, from {list(TREES)}")
   args = p.parse_args(argv)
   single_thread_cpu_lapack()  # The same LAPACK threading for every contender.
-  trees = {"resnet20": common.resnet20_kernel_shapes(),
-           "resnet50": common.resnet50_kernel_shapes(),
-           "transformer768x4": common.transformer_kernel_shapes(768, 4)}
-  trees = {name: trees[name] for name in args.trees.split(",")}
+  trees = {name: TREES[name]() for name in args.trees.split(",")}
   if args.smoke:
     trees = {"resnet20": common.resnet20_kernel_shapes()[:4]}
   contenders = {f"orthax {m}": orthax_update(m) for m in ORTHAX_METHODS}
