@@ -7,9 +7,17 @@ STAMP := $(VENV)/.installed
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install --upgrade pip
-	$(VENV)/bin/python -m pip install -e '.[test,examples]'
+# Two installs into one .venv: the demo needs the library and the examples' packages only; the
+# tests add pytest, hypothesis, ruff and mypy on top.
+DEMO_STAMP := $(VENV)/.installed-examples
+
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[examples]'
+	touch $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml | $(DEMO_STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,examples]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -23,8 +31,9 @@ FAST_TIER := -m "not examples and not slow and not multidevice"
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -n auto $(FAST_TIER)
 
-demo: $(STAMP)
-	$(VENV)/bin/python -m examples.demo
+# Flags reach the demo through ARGS, e.g. make demo ARGS="--synthetic --epochs 2".
+demo: $(DEMO_STAMP)
+	$(VENV)/bin/python -m examples.demo $(ARGS)
 
 # On a machine with a GPU or TPU (see benchmarks/README.md): ARGS="--data PATH/cifar10_jpeg.npz"
 accelerator-evidence: $(STAMP)

@@ -149,7 +149,30 @@ def _plain_docstring_text(app, what, name, obj, options, lines):
   lines[:] = out
 
 
+_TYPE_TEXT = [
+    (re.compile(r"TypeAliasForwardRef\('([^']*)'\)"), r"\1"),  # an alias autodoc cannot resolve
+    (re.compile(r"~?jax\.jaxlib\._jax\.Array"), "jax.Array"),  # jax.Array's defining module
+    (re.compile(r"~collections\.abc\."), ""),
+]
+
+
+def _readable_types(app, what, name, obj, options, signature, return_annotation):
+  """Types in the parameter lists as a reader writes them: `jax.Array`, `optax.ScalarOrSchedule`.
+
+  autodoc records a runtime alias by where it is defined (`~jax.jaxlib._jax.Array`) and an alias
+  it cannot import as `TypeAliasForwardRef('jax.Array')`; both become the public name before
+  the recorded hints are merged into the descriptions.
+  """
+  recorded = app.env.current_document.autodoc_annotations.get(name, {})
+  for key, text in recorded.items():
+    for pattern, replacement in _TYPE_TEXT:
+      text = pattern.sub(replacement, text)
+    recorded[key] = text
+
+
 def setup(app):
+  # After autodoc has recorded the type hints (priority 500), before it merges them.
+  app.connect("autodoc-process-signature", _readable_types, priority=600)
   app.connect("builder-inited", _check_api_page)
   app.connect("include-read", _example_readme_links)
   # Before napoleon (priority 500) turns the Google-style sections into reST.
