@@ -24,7 +24,7 @@ def speedrun_muon(
     adam_weight_decay: float = 0.0,
     mask: Any = None,
     layout: Any = None,
-    head_group: int = 2,
+    head_group: int | None = None,
     method: Method = "polar_express",
     steps: int | None = None,
     mu_dtype: Any = None,
@@ -77,7 +77,8 @@ def speedrun_muon(
       `orthax.masks.hidden_matrices()`); the rest go to Adam.
     layout: the layout of every leaf that is not an attention kernel, as `orthax.muon`'s (e.g.
       `orthax.layout_by_path({"blocks": orthax.Layout(batch=0)})` for an `nn.scan` stack).
-    head_group: heads per query/key group (the speedrun's 2; 1 for single heads).
+    head_group: heads per query/key group; None (default) is the speedrun's 2 (an int default
+      would reach `optax.inject_hyperparams` as an array), 1 single heads.
     method: the orthogonaliser (default Polar Express), as in `orthax.muon`.
     steps: its iterations (default 5).
     mu_dtype: dtype of both branches' first moments.
@@ -109,4 +110,4 @@ def speedrun_muon(
            eps=eps, adam_b1=adam_b1, adam_b2=adam_b2, adam_weight_decay=adam_weight_decay,
            adam_learning_rate=adam_learning_rate, normuon_beta2=normuon_beta2,
            normuon_axis="longer", cautious_weight_decay=True),
-      head_group, inputs=("query", "key"), outputs=())
+      2 if head_group is None else head_group, inputs=("query", "key"), outputs=())
