@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import orthax
 from tests.helpers import polar_reference, random_matrix
@@ -127,3 +128,14 @@ def test_default_method_is_polar_express():
   u_exact = exact.update(grads, exact.init(params), params)[0]
   jax.tree.map(np.testing.assert_array_equal, u_default, u_pe)
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, u_default, u_exact)))
+
+
+def test_the_examples_name_it():
+  from examples.lib import optimizers
+  tx = optimizers.make_optimizer("speedrun-muon", learning_rate=0.02, mask="hidden")
+  rng = np.random.default_rng(2)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), random_tree(rng))
+  updates, _ = tx.update(params, tx.init(params), params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+  with pytest.raises(ValueError, match="needs orthax-muon"):
+    optimizers.check_name("speedrun-muon", "hidden", "heads")
