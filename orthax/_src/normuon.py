@@ -61,7 +61,7 @@ def normalise_neurons(
 
   The paper scales the normalised update to RMS 0.2 (times sqrt(P N)); its code, which this
   follows, keeps the incoming norm, so with `step_scale="rms"` before it and an exact polar factor
-  the two agree.
+  of full rank (Frobenius norm sqrt(min(P, N))) the two agree.
 
   Args:
     beta2: decay rate of the second moment (the paper's 0.95; the speedrun's `train_gpt.py` 0.9).

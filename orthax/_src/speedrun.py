@@ -48,8 +48,8 @@ def speedrun_muon(
 
   - Momentum is `orthax.muon_momentum`'s (optax's): bias-corrected, so the first steps weigh the
     gradient against the average differently; the speedrun's is the uncorrected
-    (1 - beta) g + beta m, and it also ramps beta from 0.85 to 0.95 and back (pass a schedule-free
-    `beta` here; orthax has no momentum schedule).
+    (1 - beta) g + beta m, and it ramps beta from 0.85 to 0.95 at the start and back at the end;
+    `beta` here is a constant.
   - Polar Express is `orthax.polar.polar_express` in float32 with its own normalisation and
     coefficients; the speedrun's runs in bfloat16 with its published coefficients.
   - NorMuon's eps: orthax divides by sqrt(v) + eps, the speedrun by sqrt(max(v, 1e-10)).
@@ -58,6 +58,9 @@ def speedrun_muon(
     rates and decays per embedding, head and scalar), which a user builds with
     `optax.partition` around this. Its Adam decay is lr^2 * weight_decay, here
     lr * adam_weight_decay, and its Adam mask is u * x > 0 where orthax's is >= 0 for both.
+  - Its Adam parameters step only every other step, on two steps' summed gradients, and its
+    embedding is tied to the head until a set step; here every parameter steps every step (wrap
+    in `optax.MultiSteps` or `optax.partition` to reproduce such schedules).
   - Its bfloat16 parameters carry a float32 mantissa in the optimiser; orthax updates the params'
     own dtype.
 
