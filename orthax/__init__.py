@@ -9,6 +9,7 @@ from orthax._src.alias import orthogonal_lars as orthogonal_lars
 from orthax._src.alias import orthogonal_sgd as orthogonal_sgd
 from orthax._src.attention import attention_layout as attention_layout
 from orthax._src.attention import group_heads as group_heads
+from orthax._src.cautious import add_cautious_decayed_weights as add_cautious_decayed_weights
 from orthax._src.components import Layout as Layout
 from orthax._src.components import LayoutSpec as LayoutSpec
 from orthax._src.components import MaskSpec as MaskSpec
@@ -16,6 +17,10 @@ from orthax._src.components import layout_by_path as layout_by_path
 from orthax._src.muon import MuonMomentumState as MuonMomentumState
 from orthax._src.muon import muon as muon
 from orthax._src.muon import muon_momentum as muon_momentum
+from orthax._src.normuon import NormaliseNeuronsState as NormaliseNeuronsState
+from orthax._src.normuon import normalise_neurons as normalise_neurons
+from orthax._src.qk_clip import qk_clip as qk_clip
+from orthax._src.speedrun import speedrun_muon as speedrun_muon
 from orthax._src.transform import Method as Method
 from orthax._src.transform import MethodName as MethodName
 from orthax._src.transform import StepScale as StepScale
@@ -33,7 +38,9 @@ __all__ = [
     "Method",
     "MethodName",
     "MuonMomentumState",
+    "NormaliseNeuronsState",
     "StepScale",
+    "add_cautious_decayed_weights",
     "attention_layout",
     "diagnostics",
     "group_heads",
@@ -43,6 +50,7 @@ __all__ = [
     "muon_momentum",
     "normalise",
     "normalise_components",
+    "normalise_neurons",
     "orthogonal_adam",
     "orthogonal_adamw",
     "orthogonal_lars",
@@ -50,4 +58,6 @@ __all__ = [
     "orthogonalise",
     "orthogonalise_components",
     "polar",
+    "qk_clip",
+    "speedrun_muon",
 ]

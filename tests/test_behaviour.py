@@ -34,6 +34,12 @@ TRANSFORMATIONS = {
                          dict(learning_rate=LR, weight_decay=0.1, method="svd")),
     "orthogonal_lars": (orthax.orthogonal_lars,
                         dict(learning_rate=LR, weight_decay=5e-4, method="svd")),
+    "normalise_neurons": (orthax.normalise_neurons, {}),
+    "normalise_neurons_longer": (orthax.normalise_neurons, dict(beta2=0.9, axis="longer")),
+    "add_cautious_decayed_weights": (orthax.add_cautious_decayed_weights, dict(weight_decay=0.1)),
+    # mask=True: every leaf to the NorMuon branch (the tree has no `kernel` for the default).
+    "speedrun_muon": (orthax.speedrun_muon,
+                      dict(learning_rate=LR, weight_decay=0.1, adam_weight_decay=0.1, mask=True)),
 }
 NAMES = sorted(TRANSFORMATIONS)
 

@@ -15,6 +15,7 @@ authors used, adds decay.
 | muon | `optax.contrib.muon`: Newton-Schulz on the momentum; biases and norms to Adam | - |
 | adamw, orthogonal-adamw | the gradient; U V^T of each matrix (the paper's order) | AdamW |
 | orthax-muon | `orthax.muon`: Muon's order (momentum, then U V^T); the rest to AdamW | - |
+| speedrun-muon | `orthax.speedrun_muon`: the NanoGPT speedrun's NorMuon, cautious decay | - |
 
 For transformers, `mask="hidden"` selects the hidden matrices (`orthax.masks.hidden_matrices`:
 no embeddings, no output head), and `layout` views every attention kernel whole (one matrix per
@@ -35,7 +36,7 @@ import orthax
 
 OPTIMIZERS = (
     "sgdm", "orthogonal-sgdm", "adam", "orthogonal-adam", "n-sgdm", "cn-sgdm", "muon", "adamw",
-    "orthogonal-adamw", "orthax-muon")
+    "orthogonal-adamw", "orthax-muon", "speedrun-muon")
 LAYOUTS = ("default", "whole", "heads", "components")
 
 
@@ -65,6 +66,9 @@ def check_name(name: str, mask: str, layout: str = "default") -> None:
   if name == "muon" and layout not in ("default", "whole"):
     raise ValueError(f"optax.contrib.muon views each matrix whole; layout {layout!r} needs "
                      "orthax-muon.")
+  if name == "speedrun-muon" and layout not in ("default", "whole"):
+    raise ValueError(f"speedrun-muon views query and key per pair of heads and value and out "
+                     f"whole, as the speedrun; layout {layout!r} needs orthax-muon.")
 
 
 def matrices(params: Any) -> Any:
@@ -158,7 +162,7 @@ def make_optimizer(
 
   Args:
     name: sgdm, orthogonal-sgdm, adam, orthogonal-adam, n-sgdm, cn-sgdm, muon, adamw,
-      orthogonal-adamw or orthax-muon.
+      orthogonal-adamw, orthax-muon or speedrun-muon.
     learning_rate: a float or an optax schedule.
     momentum: SGD's momentum; Adam's b1 (also the b1 of the two muons' AdamW part).
     weight_decay: for sgdm, adam and their variants, the L2 coefficient added to the
@@ -190,6 +194,11 @@ def make_optimizer(
         mask=MASKS[mask], layout=make_layout(layout), weight_decay=weight_decay,
         adam_b1=momentum, adam_b2=b2,
         adam_weight_decay=weight_decay, adam_learning_rate=adam_learning_rate, **options)
+  if name == "speedrun-muon":  # its own method (Polar Express), layout and Adam epsilon
+    return orthax.speedrun_muon(
+        learning_rate, beta=momentum if muon_beta is None else muon_beta,
+        weight_decay=weight_decay, adam_learning_rate=adam_learning_rate, adam_b1=momentum,
+        adam_b2=b2, adam_weight_decay=weight_decay, mask=MASKS[mask])
   direction = make_direction(name, method=method, mask=mask, rtol=rtol, layout=layout)
   if name.endswith("adamw"):
     return orthax.orthogonal_adamw(

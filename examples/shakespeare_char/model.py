@@ -66,3 +66,36 @@ class GPT(nnx.Module):
     for block in self.blocks:
       x = block(x, mask)
     return self.lm_head(self.final_norm(x))
+
+
+def logits_and_max_attention_logits(model: nnx.Module, tokens: jax.Array
+                                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`model(tokens)`, and each attention module's largest pre-softmax logit per head.
+
+  The input of `orthax.qk_clip`: keyed by the module's path ("blocks/0/attention"), each a
+  (heads,) array, max over batch, query and key positions of q . k / sqrt(head_dim) where the mask
+  lets a query see a key. It wraps every `nnx.MultiHeadAttention`'s `attention_fn` for the one call
+  (and puts it back), so the model itself is unchanged; the score matrix is computed once more.
+  """
+  found: dict[str, jax.Array] = {}
+  wrapped = []
+  for path, module in nnx.iter_modules(model):
+    if not isinstance(module, nnx.MultiHeadAttention):
+      continue
+    name, attend = "/".join(str(p) for p in path), module.attention_fn
+
+    def recording(query, key, value, *args, mask=None, _name=name, _attend=attend, **kwargs):
+      scores = jnp.einsum("...qhd,...khd->...hqk", query / jnp.sqrt(query.shape[-1]), key)
+      if mask is not None:
+        scores = jnp.where(mask, scores, -jnp.inf)
+      found[_name] = jnp.max(jnp.moveaxis(scores, -3, -1).reshape(-1, scores.shape[-3]), axis=0)
+      return _attend(query, key, value, *args, mask=mask, **kwargs)
+
+    wrapped.append((module, attend))
+    module.attention_fn = recording
+  try:
+    logits = model(tokens)
+  finally:
+    for module, attend in wrapped:
+      module.attention_fn = attend
+  return logits, found

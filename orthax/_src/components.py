@@ -257,3 +257,33 @@ def layout_by_path(rules: Mapping[str, Layout]) -> Callable[[Any], Any]:
     return map_with_path_names(pick, params)
 
   return layout
+
+
+def matrix_views(tree: Any, mask: MaskSpec, layout: LayoutSpec
+                 ) -> tuple[list[str], list[MatrixView | None]]:
+  """Per leaf of `tree`: its path, and its (B, P, N) view, or None where `mask` leaves it out.
+
+  The mask sees each leaf as one layer: the axes that the leaf's layout marks as stacking layers
+  do not count (`one_layer`). Raises a ValueError naming the leaf for a selected leaf that is not
+  floating or whose layout does not fit it.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  paths, leaves = [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
+  layouts = resolve_tree(layout, tree, "layout", lambda _: None, is_layout_leaf)
+  layers = jax.tree_util.tree_unflatten(
+      treedef, [one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
+  selected = resolve_tree(mask, layers, "mask", default_mask, is_mask_leaf)
+  views: list[MatrixView | None] = []
+  for path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
+    if not bool(chosen):
+      views.append(None)
+      continue
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise ValueError(
+          f"The mask selects {path} of dtype {jnp.result_type(leaf)}, which is not floating; "
+          "leave it out of the mask.")
+    try:
+      views.append(matrix_view(jnp.shape(leaf), leaf_layout or Layout()))
+    except ValueError as e:
+      raise ValueError(f"Parameter {path}: {e}") from None
+  return paths, views

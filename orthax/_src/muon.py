@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import optax
 
 from orthax._src.attention import attention_layout
+from orthax._src.cautious import add_cautious_decayed_weights
 from orthax._src.components import default_mask, is_mask_leaf, resolve_tree
+from orthax._src.normuon import NeuronAxis, normalise_neurons
 from orthax._src.transform import Method, StepScale, orthogonalise_components
 from orthax._src.transformer_masks import hidden_matrices
 
@@ -95,6 +97,10 @@ def muon(
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     compute_dtype: Any = None,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
+    normuon_beta2: float | None = None,
+    normuon_axis: NeuronAxis = "components",
+    normuon_eps: float = 1e-10,
+    cautious_weight_decay: bool = False,
 ) -> optax.GradientTransformation:
   """Muon's order with any orthax method and layout: momentum, then U V^T, then AdamW's rest.
 
@@ -148,6 +154,15 @@ def muon(
     compute_dtype: as in `orthax.orthogonalise_components`; default None, float32 (a dtype as
       default would reach `optax.inject_hyperparams` as a float and be turned into an array).
     mesh: as in `orthax.orthogonalise_components`.
+    normuon_beta2: None (default) leaves NorMuon out; a decay rate (the paper's 0.95) adds
+      `orthax.normalise_neurons(normuon_beta2, axis=normuon_axis, eps=normuon_eps)` after the
+      orthogonalisation, with the same layout: each neuron's update over its root second moment,
+      the matrix's norm kept.
+    normuon_axis: which side of each matrix holds the neurons, as `normalise_neurons`' `axis`.
+    normuon_eps: as `normalise_neurons`' `eps`.
+    cautious_weight_decay: False (default) decays as optax does; True decays, in both branches,
+      only the entries whose update and parameter agree in sign
+      (`orthax.add_cautious_decayed_weights`, in place of `optax.add_decayed_weights`).
 
   Returns:
     An `optax.GradientTransformation`.
@@ -172,6 +187,21 @@ def muon(
     layout = attention_layout("whole")
   if isinstance(beta, numbers.Real) and not 0 <= beta < 1:
     raise ValueError(f"muon(beta=...) must be in [0, 1), got {beta=}.")
+  decay = add_cautious_decayed_weights if cautious_weight_decay else optax.add_decayed_weights
+  normuon = () if normuon_beta2 is None else (
+      normalise_neurons(normuon_beta2, eps=normuon_eps, axis=normuon_axis, mask=True,
+                        layout=layout),)
+  if cautious_weight_decay:
+    adam = optax.chain(
+        optax.scale_by_adam(adam_b1, adam_b2, eps, adam_eps_root, mu_dtype=mu_dtype,
+                            nesterov=nesterov),
+        add_cautious_decayed_weights(adam_weight_decay),
+        optax.scale_by_learning_rate(adam_learning_rate))
+  else:
+    adam = optax.adamw(
+        learning_rate=adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=eps,
+        eps_root=adam_eps_root, weight_decay=adam_weight_decay, mu_dtype=mu_dtype,
+        nesterov=nesterov)
   return optax.partition(
       {
           "orthogonal": optax.chain(
@@ -181,13 +211,11 @@ def muon(
                   step_scale=step_scale,
                   compute_dtype=jnp.float32 if compute_dtype is None else compute_dtype,
                   mesh=mesh),
-              optax.add_decayed_weights(weight_decay, weight_decay_mask),
+              *normuon,
+              decay(weight_decay, weight_decay_mask),
               optax.scale_by_learning_rate(learning_rate),
           ),
-          "adam": optax.adamw(
-              learning_rate=adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=eps,
-              eps_root=adam_eps_root, weight_decay=adam_weight_decay, mu_dtype=mu_dtype,
-              nesterov=nesterov),
+          "adam": adam,
       },
       _labels(mask),
   )

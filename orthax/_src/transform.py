@@ -93,30 +93,7 @@ def _component_transform(
 
   def plan(tree: Any) -> tuple[list[str], list[components_lib.MatrixView | None]]:
     """Per leaf: its path, and its matrix view or None when it passes through unchanged."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    paths, leaves = [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
-    layouts = components_lib.resolve_tree(
-        layout, tree, "layout", lambda _: None, components_lib.is_layout_leaf)
-    # The mask sees each leaf as one layer: the axes that only stack layers do not count.
-    layers = jax.tree_util.tree_unflatten(
-        treedef, [components_lib.one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
-    selected = components_lib.resolve_tree(
-        mask, layers, "mask", components_lib.default_mask, components_lib.is_mask_leaf)
-    views: list[components_lib.MatrixView | None] = []
-    for path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
-      if not bool(chosen):
-        views.append(None)
-        continue
-      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-        raise ValueError(
-            f"The mask selects {path} of dtype {jnp.result_type(leaf)}, which is not floating; "
-            "leave it out of the mask.")
-      try:
-        views.append(components_lib.matrix_view(
-            jnp.shape(leaf), leaf_layout or components_lib.Layout()))
-      except ValueError as e:
-        raise ValueError(f"Parameter {path}: {e}") from None
-    return paths, views
+    return components_lib.matrix_views(tree, mask, layout)
 
   def check(stack: Array, names: list[str]) -> None:
     got = jax.eval_shape(fn, stack)
