@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -210,6 +211,13 @@ class NnxLM(nnx.Module):
     return self.lm_head(x + self.attn(x))
 
 
+# flax < 0.12's nnx.Optimizer fails on any optax.masked state (its MaskedNode leaves), plain optax
+# included; orthax.muon's Muon/AdamW split is such a state.
+OLD_NNX_OPTIMIZER = tuple(int(v) for v in flax.__version__.split(".")[:2]) < (0, 12)
+
+
+@pytest.mark.skipif(OLD_NNX_OPTIMIZER, reason=f"flax {flax.__version__}: nnx.Optimizer cannot hold "
+                    "an optax.masked state before flax 0.12")
 def test_nnx_optimizer_with_per_head_polar_express():
   model = NnxLM(nnx.Rngs(0))
   tx = orthax.muon(0.02, method="polar_express", layout=orthax.attention_layout("heads"))
