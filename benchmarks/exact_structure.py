@@ -35,12 +35,13 @@ NOT_SOLVERS = ("Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "anno
 
 
 def lowered_text(shapes, method: str, platform: str) -> tuple[str, int]:
-  """The update's StableHLO for `platform`, and its number of shape groups (method calls)."""
-  groups = []
+  """The update's StableHLO for `platform`, and its number of shape groups (stack shapes the
+  method is traced for; it may be traced more than once for each)."""
+  groups = set()
   matrix_fn = getattr(polar, method)
 
   def recording(x, *, compute_dtype=jnp.float32):
-    groups.append(x.shape)
+    groups.add(x.shape)
     return matrix_fn(x, compute_dtype=compute_dtype)
 
   opt = orthax.orthogonalise_components(method=recording)
