@@ -62,10 +62,11 @@ class AutoRule(NamedTuple):
 
 
 _BATCHED_EXACT = Modelled(
-    "qdwh runs a stack of matrices as one batched program of matrix products, QR and Cholesky "
-    "factorisations with a static number of steps, where svd is one solver call per matrix on "
-    "GPU and QDWH followed by eigh on TPU; lowered structure in "
-    "benchmarks/results/exact_structure.md; no device timing yet")
+    "qdwh runs each shape group as one batched program (QR steps while the weight is large, "
+    "Cholesky steps after, a static number of them; an eigendecomposition only in a branch "
+    "taken when some matrix has directions to drop), where svd is a cuSOLVER SVD that works "
+    "through the batch one matrix at a time on GPU and QDWH plus eigh on TPU; the lowered "
+    "structure and the reasoning are in benchmarks/results/qdwh.md; no device timing yet")
 
 AUTO_RULES: dict[str, AutoRule] = {
     "cpu": AutoRule("svd", 2.0, Measured(
