@@ -61,20 +61,18 @@ class AutoRule(NamedTuple):
   source: Measured | Modelled
 
 
-_BATCHED_EXACT = Modelled(
-    "qdwh runs each shape group as one batched program (QR steps while the weight is large, "
-    "Cholesky steps after, a static number of them; an eigendecomposition only in a branch "
-    "taken when some matrix has directions to drop), where svd is a cuSOLVER SVD that works "
-    "through the batch one matrix at a time on GPU and QDWH plus eigh on TPU; the lowered "
-    "structure and the reasoning are in benchmarks/results/qdwh.md; no device timing yet")
+_ACCELERATOR = Modelled(
+    "svd until a device run decides: qdwh lowers to one batched program per shape group (its "
+    "QR steps still a looped solver call on GPU), but on the character GPT's real gradients it "
+    "was less accurate than svd (CPU; benchmarks/results/qdwh.md)")
 
 AUTO_RULES: dict[str, AutoRule] = {
     "cpu": AutoRule("svd", 2.0, Measured(
         device="x86_64, 2 cores, jax 0.10.2", date="2026-11-28",
         command="python -m benchmarks.suite", results="benchmarks/results/matrix_methods.md")),
-    "cuda": AutoRule("qdwh", math.inf, _BATCHED_EXACT),
-    "rocm": AutoRule("qdwh", math.inf, _BATCHED_EXACT),
-    "tpu": AutoRule("qdwh", math.inf, _BATCHED_EXACT),
+    "cuda": AutoRule("svd", math.inf, _ACCELERATOR),
+    "rocm": AutoRule("svd", math.inf, _ACCELERATOR),
+    "tpu": AutoRule("svd", math.inf, _ACCELERATOR),
 }
 """`auto`'s rule per backend (JAX platform name), each with its source.
 
