@@ -35,7 +35,8 @@ test-fast: $(STAMP)
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/python -m examples.demo $(ARGS)
 
-# On a machine with a GPU or TPU (see benchmarks/README.md): ARGS="--data PATH/cifar10_jpeg.npz"
+# On a machine with a GPU or TPU (see benchmarks/README.md), one run at a time:
+# ARGS="--run 1-methods", then 2-steps, 3-lm, 4-table1 (with --data PATH/cifar10_jpeg.npz)
 accelerator-evidence: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.accelerator_evidence $(ARGS)
 

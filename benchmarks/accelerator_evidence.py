@@ -1,33 +1,37 @@
-"""Accelerator evidence in one command: the benchmarks, then the paper's Table 1 rows for ResNet-20.
+"""Accelerator evidence in runs of at most about 4 minutes each, most important first.
 
-    PYTHONPATH=. python -m benchmarks.accelerator_evidence --data data/cifar10/cifar10_jpeg.npz
+    PYTHONPATH=. python -m benchmarks.accelerator_evidence --run 1-methods --archive F.tar.gz
+    PYTHONPATH=. python -m benchmarks.accelerator_evidence --run 2-steps --archive F.tar.gz
+    PYTHONPATH=. python -m benchmarks.accelerator_evidence --run 3-lm --lm-data input.txt ...
+    PYTHONPATH=. python -m benchmarks.accelerator_evidence --run 4-table1 --data cifar10.npz ...
     python -m benchmarks.accelerator_evidence --smoke --out DIR --runs DIR   # CPU, tiny sizes
 
-Made for a lent GPU (one H100/H200) and a budget of minutes, so every stage is its own process
-with its own time limit, taken from what is left of `--budget-s` (default 540 s = 9 minutes):
+Made for a lent GPU (one H100/H200) that may stop answering mid-run: each `--run` is one short
+device command with its own budget (`RUNS`, 240 s each), its own summary
+(`evidence-RUN.md|json`) and, with `--archive`, its own small archive holding only what that run
+wrote; a lost machine loses one run, not all. The runs, in order of importance:
 
-1. `q1`: every matrix method on the ResNet-20, ResNet-50 and transformer (widths 768 and 4096)
-   shapes (`benchmarks.matrix_methods --large`);
-   `q2`: the whole-tree update against the authors' per-leaf SVD loop and `optax.contrib.muon`
-   (`benchmarks.tree_update`);
-   `q3-resnet20`, `q3-resnet50`: training-step time and compile time relative to SGDM, ResNet-20
-   at batch 1024 and ResNet-50 at batch 256, for auto, svd, eigh, newton_schulz, polar_express
-   and Muon (`benchmarks.train_step`).
-2. `table1`: SGDM and Orthogonal-SGDM on ResNet-20 with the paper's protocol (batch 1024, lr 1e-2,
-   momentum 0.9, weight decay 5e-4, 100 epochs, crop + flip), started at once as two processes
-   that share the device, each with `XLA_PYTHON_CLIENT_MEM_FRACTION` of its memory. Each run
-   checkpoints every epoch, so running the command again with the same `--runs` resumes where
-   the time limit stopped it (add `--stages table1` to run that stage alone).
-3. `lm` (run before `table1`, at most `LM_CAP_S`): the character-level GPT of
-   `examples.shakespeare_char` (nanoGPT's CPU configuration, 2,000 steps, one seed) with AdamW,
-   optax's Muon and orthax's settings at the rates the CPU sweep chose (`LM_OPTIMIZERS`), and
-   each optimiser's step time measured side by side; `--lm-data` names Tiny Shakespeare's
-   `input.txt` (the device machine cannot download it).
+1. `1-methods`: `q1`, the exact methods (svd, eigh, qdwh) and the matrix-product ones on the
+   ResNet-20, ResNet-50 and transformer (widths 768 and 4096) shapes
+   (`benchmarks.matrix_methods --large`); `q3-resnet20`: training-step time and compile time
+   relative to SGDM, ResNet-20 at batch 1024, for auto, svd, eigh, qdwh, newton_schulz,
+   polar_express and Muon (`benchmarks.train_step`).
+2. `2-steps`: `q2`, the whole-tree update against the authors' per-leaf SVD loop and
+   `optax.contrib.muon` (`benchmarks.tree_update`); `q3-resnet50`, as q3 at batch 256.
+3. `3-lm`: the character-level GPT of `examples.shakespeare_char` (nanoGPT's CPU configuration,
+   2,000 steps, one seed) with AdamW, optax's Muon and orthax's settings at the rates the CPU
+   sweep chose (`LM_OPTIMIZERS`), and each optimiser's step time measured side by side;
+   `--lm-data` names Tiny Shakespeare's `input.txt` (the device machine cannot download it).
+4. `4-table1`: SGDM and Orthogonal-SGDM on ResNet-20 with the paper's protocol (batch 1024, lr
+   1e-2, momentum 0.9, weight decay 5e-4, 100 epochs, crop + flip), started at once as two
+   processes that share the device, each with `XLA_PYTHON_CLIENT_MEM_FRACTION` of its memory.
+   Each run checkpoints every epoch, so the same command again resumes where its time limit
+   stopped it.
 
-A stage that runs out of time is stopped; what it wrote stays. The benchmark stages write
-`results/<device>/NAME.md|json` (device e.g. `nvidia-h200`); the summary `evidence.md|json` there
-lists each stage's status and wall time and the Table 1 rows with epoch times. `--archive F.tar.gz`
-packs the results and the runs' metrics into one file (a device machine returns few files).
+Without `--run`, `--stages` and `--budget-s` choose stages freely (the summary is then
+`evidence.md|json`). Each stage is its own process with its own time limit; a stage that runs
+out of time is stopped and what it wrote stays. The benchmark stages write
+`results/<device>/NAME.md|json` (device e.g. `nvidia-h200`).
 """
 
 from __future__ import annotations
@@ -55,7 +59,9 @@ TABLE1_SMOKE = ["--model", "basic_cnn", "--epochs", "2", "--batch-size", "16",
                 "--eval-batch-size", "32", "--train-size", "64", "--validation-size", "32",
                 "--test-size", "32", "--synthetic", "--seed", "0"]
 Q3_CONTENDERS = ("sgdm,orthogonal-sgdm auto,orthogonal-sgdm svd,orthogonal-sgdm eigh,"
-                 "orthogonal-sgdm newton_schulz,orthogonal-sgdm polar_express,muon")
+                 "orthogonal-sgdm qdwh,orthogonal-sgdm newton_schulz,"
+                 "orthogonal-sgdm polar_express,muon")
+Q1_METHODS = "svd,eigh,qdwh,newton_schulz,polar_express-5"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +79,11 @@ class Stage:
 
 
 BENCHMARK_STAGES = (
-    Stage("q1", "benchmarks.matrix_methods", ("--large", "--repeats", "3"), 90),
+    Stage("q1", "benchmarks.matrix_methods", ("--large", "--methods", Q1_METHODS, "--repeats", "3"),
+          100),
     Stage("q2", "benchmarks.tree_update", ("--repeats", "3"), 75),
     Stage("q3-resnet20", "benchmarks.train_step",
-          ("--models", "resnet20", "--contenders", Q3_CONTENDERS, "--repeats", "5"), 90),
+          ("--models", "resnet20", "--contenders", Q3_CONTENDERS, "--repeats", "5"), 110),
     Stage("q3-resnet50", "benchmarks.train_step",
           ("--models", "resnet50", "--contenders", Q3_CONTENDERS, "--repeats", "3"), 120,
           smoke_args=None),  # --smoke runs the same tiny model as q3-resnet20's
@@ -90,14 +97,25 @@ LM_OPTIMIZERS = ("adamw@lr=0.008,muon@lr=0.02,"
 LM_SMOKE = ["--synthetic", "--steps", "4", "--warmup-steps", "1", "--batch-size", "2",
             "--context", "8", "--layers", "1", "--width", "8", "--heads", "2", "--eval-every", "2",
             "--eval-windows", "4", "--time-steps", "2", "--sample-chars", "10"]
-LM_CAP_S = 150
+LM_CAP_S = 200
+# The device runs, most important first: their stages and wall-time budgets (seconds).
+RUNS = {
+    "1-methods": (("q1", "q3-resnet20"), 240.0),
+    "2-steps": (("q2", "q3-resnet50"), 240.0),
+    "3-lm": (("lm",), 240.0),
+    "4-table1": (("table1",), 240.0),
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--budget-s", type=float, default=540.0, help="wall time for all stages")
-  p.add_argument("--stages", default=",".join(STAGE_NAMES),
-                 help=f"comma-separated, from {', '.join(STAGE_NAMES)} (default: all)")
+  p.add_argument("--run", choices=tuple(RUNS), default=None,
+                 help="one of the device runs (sets --stages and --budget-s)")
+  p.add_argument("--budget-s", type=float, default=None,
+                 help="wall time for all stages (default: the run's, else 540)")
+  p.add_argument("--stages", default=None,
+                 help=f"comma-separated, from {', '.join(STAGE_NAMES)} (default: the run's, "
+                      "else all)")
   p.add_argument("--data", default=None, help="cifar10_jpeg.npz for table1")
   p.add_argument("--lm-data", default=None, help="Tiny Shakespeare's input.txt for lm")
   p.add_argument("--memory-fraction", type=float, default=0.45,
@@ -110,7 +128,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="also pack results and the runs' metrics into this .tar.gz")
   p.add_argument("--smoke", action="store_true", help="tiny sizes on any backend (the test)")
   args = p.parse_args(argv)
-  stages = args.stages.split(",")
+  if args.run is not None and args.stages is not None:
+    p.error("--run chooses the stages; give --run or --stages, not both")
+  run_stages, run_budget = RUNS[args.run] if args.run else (STAGE_NAMES, 540.0)
+  stages = args.stages.split(",") if args.stages else list(run_stages)
+  args.budget_s = run_budget if args.budget_s is None else args.budget_s
   if unknown := set(stages) - set(STAGE_NAMES):
     p.error(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGE_NAMES)}")
   if not 0 < args.memory_fraction <= 0.5:
@@ -208,9 +230,16 @@ def markdown_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def written_since(folder: pathlib.Path, since: float) -> list[pathlib.Path]:
+  """The files under `folder` modified at or after `since` (a `time.time()`)."""
+  return sorted(path for path in folder.glob("**/*")
+                if path.is_file() and path.stat().st_mtime >= since)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   start = time.monotonic()
+  started = time.time() - 1  # File times may be rounded to the second.
   env = device_info()
   out = args.out or RESULTS / slug(env["kind"])
   out.mkdir(parents=True, exist_ok=True)
@@ -293,13 +322,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                  + "\n".join(f"- {label}: validation loss {runs[0]['val_loss'][-1]:.3f}, step "
                              f"{lm.get('step_ms', {}).get(label, float('nan')):.1f} ms"
                              for label, runs in lm["results"].items()))
-  (out / "evidence.md").write_text("\n\n".join(parts) + "\n")
-  (out / "evidence.json").write_text(json.dumps(summary, indent=2) + "\n")
+  name = "evidence" if args.run is None else f"evidence-{args.run}"
+  (out / f"{name}.md").write_text("\n\n".join(parts) + "\n")
+  (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
   print("\n\n".join(parts), flush=True)
   if args.archive:
+    # Only what this run wrote: an earlier run's files are in that run's archive.
     with tarfile.open(args.archive, "w:gz") as tar:
-      tar.add(out, arcname="results")
-      for path in args.runs.glob("**/*"):
+      for path in written_since(out, started):
+        tar.add(path, arcname=str(pathlib.Path("results") / path.relative_to(out)))
+      for path in written_since(args.runs, started):
         if path.suffix in (".jsonl", ".json", ".png") and "jax_cache" not in path.parts:
           tar.add(path, arcname=str(pathlib.Path("runs") / path.relative_to(args.runs)))
     print(f"archive: {args.archive}")

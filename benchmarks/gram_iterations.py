@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, matrix_methods
-from orthax._src import polar
+from orthax._src import polar_iterative as polar
 
 METHODS = {
     "newton_schulz": np.tile(np.asarray(polar.NEWTON_SCHULZ_COEFFICIENTS), (5, 1)),

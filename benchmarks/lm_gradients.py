@@ -7,7 +7,7 @@ for `--steps` steps, then takes the gradient of one batch: 24 hidden matrices, s
 (query, key, value, out, whole) and eight 128 x 512 / 512 x 128 (the MLP). On them:
 
 - time, side by side in one process (interleaved, median): AdamW's whole training step, and the
-  exact update alone, as orthax groups it (`auto`, `svd`, `eigh` on the three stacks);
+  exact update alone, as orthax groups it (`auto`, `svd`, `eigh`, `qdwh` on the three stacks);
 - the LAPACK floor: the decompositions alone, one single-threaded call per matrix in a `lax.map`
   (float32 SVD; float32 symmetric eigendecomposition of the N x N Gram matrix): no exact route
   built on these calls takes less on one core; and SciPy's eigendecomposition of the Gram
@@ -31,7 +31,7 @@ import scipy.linalg
 from benchmarks import common
 from examples.shakespeare_char import configs, data, train
 from orthax import polar
-from orthax._src import polar as polar_src
+from orthax._src import polar_conventions, polar_exact
 
 
 def hidden_gradients(steps: int, path: str | None, synthetic: bool):
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--data", default=None, help="Tiny Shakespeare's input.txt (default: as the "
                  "example finds it)")
   args = p.parse_args(argv)
-  polar_src.single_thread_cpu_lapack()  # LAPACK threading as the library sets it.
+  polar.single_thread_cpu_lapack()  # LAPACK threading as the library sets it.
   run, matrices = hidden_gradients(1 if args.smoke else args.steps, args.data, args.smoke)
   trained = run.count  # Before the timing below steps it on.
   repeats = 1 if args.smoke else args.repeats
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
 
   thin_svd = functools.partial(jnp.linalg.svd, full_matrices=False)
   fns = {"adamw training step": lambda _: run.step(),
-         **{f"orthax {name}": update(getattr(polar, name)) for name in ("auto", "svd", "eigh")},
+         **{f"orthax {name}": update(getattr(polar, name))
+            for name in ("auto", "svd", "eigh", "qdwh")},
          "LAPACK SVD per matrix (lax.map), float32": update(lambda x: jax.lax.map(thin_svd, x)),
          "LAPACK Gram eigh per matrix (lax.map), float32": update(
              lambda x: jax.lax.map(jnp.linalg.eigh, jnp.swapaxes(x, 1, 2) @ x))}
@@ -118,11 +119,12 @@ def main(argv: list[str] | None = None) -> None:
 
   def gram_route(x):  # The Gram route as `eigh` takes it, without its SVD fallback.
     rtol = polar.default_rtol(x.shape, jnp.float32)
-    return polar_src._gram_polar(polar_src.scale_to_unit(x), rtol, jnp.ones(x.shape[:1], bool))
+    return polar_exact._gram_polar(polar_conventions.scale_to_unit(x), rtol,
+                                   jnp.ones(x.shape[:1], bool))
 
   # Each route's output per matrix, in the order of `stacks`' matrices (the compiled updates).
   outputs = {name: [o for out in fns[name](stacks) for o in np.asarray(out)]
-             for name in ("orthax auto", "orthax svd", "orthax eigh")}
+             for name in ("orthax auto", "orthax svd", "orthax eigh", "orthax qdwh")}
   grams = [jax.jit(gram_route)(x) for x in stacks.values()]
   outputs["Gram route, float32, no fallback"] = [o for o, _ in grams for o in np.asarray(o)]
   fallbacks = sum(int(np.sum(~np.asarray(accurate))) for _, accurate in grams)

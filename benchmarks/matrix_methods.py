@@ -2,6 +2,7 @@
 
     python -m benchmarks.matrix_methods            # CPU: ResNet-20, ResNet-50, transformer-768
     python -m benchmarks.matrix_methods --large    # adds the 4096-wide transformer block
+    python -m benchmarks.matrix_methods --methods svd,eigh,qdwh --suites resnet50  # a subset
 
 Each row is one group of same-shape matrices as orthax stacks them (batch = number of leaves of
 that shape; "x4" rows stack four transformer blocks). Error columns: max ||O^T O - I||_F / sqrt(N)
@@ -24,6 +25,7 @@ from orthax._src.components import Layout, matrix_view
 METHODS = {
     "svd": polar.svd,
     "eigh": polar.eigh,
+    "qdwh": polar.qdwh,
     "newton_schulz": polar.newton_schulz,
     "polar_express-5": functools.partial(polar.polar_express, steps=5),
     "polar_express-7": functools.partial(polar.polar_express, steps=7),
@@ -56,13 +58,19 @@ def errors(o: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
   p = common.parser(__doc__)
   p.add_argument("--large", action="store_true")
+  p.add_argument("--methods", default=",".join(METHODS),
+                 help="comma-separated subset of the methods (svd comes first, for the ratios)")
+  p.add_argument("--suites", default=None, help="comma-separated subset of the suites")
   args = p.parse_args(argv)
+  methods = {name: METHODS[name] for name in ["svd"] + args.methods.split(",") if name in METHODS}
   suites = {"resnet20": common.resnet20_kernel_shapes(),
             "resnet50": common.resnet50_kernel_shapes(),
             "transformer768": common.transformer_kernel_shapes(768),
             "transformer768x4": common.transformer_kernel_shapes(768, 4)}
   if args.large:
     suites["transformer4096"] = common.transformer_kernel_shapes(4096)
+  if args.suites:
+    suites = {name: suites[name] for name in args.suites.split(",")}
   if args.smoke:
     suites = {"resnet20": common.resnet20_kernel_shapes()[:3]}
   rows = []
@@ -71,12 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     for (p_, n), count in groups(shapes).items():
       g = jnp.asarray(rng.standard_normal((count, p_, n)), jnp.float32)
       compiled, compile_s = {}, {}
-      for name, fn in METHODS.items():
+      for name, fn in methods.items():
         compiled[name], compile_s[name] = common.compile_seconds(fn, g)
       times = common.time_interleaved(compiled, {k: (g,) for k in compiled},
                                       1 if args.smoke else args.repeats)
       exact = reference(g)
-      for name in METHODS:
+      for name in methods:
         orth, dist = errors(compiled[name](g), exact)
         rows.append({"suite": suite, "shape": f"{count}x{p_}x{n}", "method": name,
                      "ms": 1e3 * times[name], "vs svd": times[name] / times["svd"],

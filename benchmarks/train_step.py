@@ -27,6 +27,7 @@ CONTENDERS = {
     "orthogonal-sgdm svd": ("orthogonal-sgdm", "svd"),
     "orthogonal-sgdm eigh": ("orthogonal-sgdm", "eigh"),
     "orthogonal-sgdm newton_schulz": ("orthogonal-sgdm", "newton_schulz"),
+    "orthogonal-sgdm qdwh": ("orthogonal-sgdm", "qdwh"),
     "orthogonal-sgdm polar_express": ("orthogonal-sgdm", "polar_express"),
     "muon": ("muon", "auto"),
 }

@@ -28,3 +28,20 @@ def test_lm_gradients_smoke(tmp_path, capsys):
   for route in ("orthax auto", "LAPACK SVD per matrix", "Gram route, float64, one pass"):
     assert f"| {route}" in table, route
   assert "AdamW's training step" in table
+
+
+def test_exact_structure_smoke(tmp_path):
+  """Lowered for cuda, svd's update has an SVD solver call and qdwh's none; qdwh's solver calls
+  are QR, Cholesky and the eigendecomposition of its drop step (no device needed)."""
+  import json
+
+  from benchmarks import exact_structure
+  exact_structure.main(["--smoke", "--out", str(tmp_path)])
+  rows = json.loads((tmp_path / "exact_structure.json").read_text())["rows"]
+  by = {(r["platform"], r["method"]): r for r in rows}
+  assert set(by) == {(p, m) for p in ("cuda", "tpu") for m in ("svd", "qdwh")}
+  assert all(r["shape groups"] > 1 for r in rows)
+  assert "gesvd" in by["cuda", "svd"]["targets"]
+  assert "gesvd" not in by["cuda", "qdwh"]["targets"]
+  assert "potrf" in by["cuda", "qdwh"]["targets"]
+  assert by["cuda", "qdwh"]["while loops"] == 0

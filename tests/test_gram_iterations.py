@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from orthax import polar
-from orthax._src import polar as polar_src
+from orthax._src import polar_iterative as polar_src
 
 SCHEDULES = {
     "newton_schulz": np.tile(np.asarray(polar_src.NEWTON_SCHULZ_COEFFICIENTS), (5, 1)),

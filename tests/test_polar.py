@@ -18,7 +18,7 @@ from orthax import polar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-EXACT = {"svd": polar.svd, "eigh": polar.eigh, "auto": polar.auto}
+EXACT = {"svd": polar.svd, "eigh": polar.eigh, "qdwh": polar.qdwh, "auto": polar.auto}
 APPROXIMATE = {"newton_schulz": polar.newton_schulz, "polar_express": polar.polar_express}
 ALL = {**EXACT, **APPROXIMATE}
 
@@ -287,8 +287,9 @@ def test_input_validation():
 
 def test_public_names():
   assert set(orthax.polar.__all__) == {
-      "AUTO_RULES", "AutoRule", "auto", "default_rtol", "eigh", "newton_schulz", "polar_express",
-      "polar_express_coefficients", "single_thread_cpu_lapack", "svd"}
+      "AUTO_RULES", "AutoRule", "Measured", "Modelled", "auto", "default_rtol", "eigh",
+      "newton_schulz", "polar_express", "polar_express_coefficients", "qdwh",
+      "single_thread_cpu_lapack", "svd"}
 
 
 # Faults from public bug reports (issue #12), and the rest of their kinds.
@@ -412,9 +413,16 @@ def test_steps_must_be_static():
     polar.newton_schulz(jnp.ones((4, 3)), steps=jnp.asarray(5))
 
 
-def test_auto_rules_say_what_they_were_measured_on():
+def test_auto_rules_say_where_they_come_from():
+  """Each row is measured (device, date, command, results file) or modelled (the reasoning)."""
   for platform, rule in polar.AUTO_RULES.items():
-    assert isinstance(rule, polar.AutoRule) and rule.measured_on, platform
+    assert isinstance(rule, polar.AutoRule), platform
+    source = rule.source
+    assert isinstance(source, (polar.Measured, polar.Modelled)), platform
+    assert all(isinstance(field, str) and field for field in source), platform
+    if isinstance(source, polar.Measured):
+      assert os.path.exists(os.path.join(ROOT, source.results)), source.results
+      assert source.command.startswith("python -m benchmarks."), source.command
 
 
 def test_auto_uses_svd_on_a_platform_without_a_rule(monkeypatch):

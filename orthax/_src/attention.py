@@ -3,7 +3,7 @@
 Flax's attention (`flax.linen.MultiHeadDotProductAttention`, `flax.nnx.MultiHeadAttention`) keeps
 its projections as `DenseGeneral` / `LinearGeneral` kernels: query, key and value (embed, heads,
 head_dim), out (heads, head_dim, embed). Which matrices an orthogonaliser should see in them is a
-choice: Muon orthogonalises each projection whole, the NanoGPT speedrun (2026-04-08) and Dion
+choice: Muon orthogonalises each projection whole, a NanoGPT speedrun record and Dion
 orthogonalise heads (or pairs of heads) on their own, and the paper's components can be the heads.
 """
 
@@ -172,7 +172,7 @@ def group_heads(
 ) -> optax.GradientTransformation:
   """Runs `transformation` with every `group` consecutive attention heads merged into one head.
 
-  The NanoGPT speedrun record of 2026-04-08 orthogonalised query and key in pairs of heads. A
+  A NanoGPT speedrun record orthogonalised query and key in pairs of heads. A
   `Layout` can only permute a kernel's axes, not split one, so this reshapes instead: every
   attention kernel (found by path as in `attention_layout`) has its (heads, head_dim) axes viewed
   as (heads / group, group * head_dim) while `transformation` runs (its params, updates and state

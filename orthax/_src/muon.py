@@ -124,8 +124,8 @@ def muon(
   exact polar factor (`"auto"`, `"svd"`, `"eigh"`), or `layout=orthax.attention_layout("heads")`
   for per-head matrices. One difference remains: optax divides each momentum matrix M by
   ||M||_F + eps (eps = 1e-8) before the iteration, orthax by ||M||_F exactly. That changes the
-  update by a relative ~4.5 eps / ||M||_F (measured): within float32 round-off (2e-6) for
-  ||M||_F above about 0.02, 6e-5 at ||M||_F = 7e-4, 6e-3 at 7e-6.
+  update by a relative amount proportional to eps / ||M||_F: within float32 round-off unless
+  ||M||_F is small (figures: benchmarks/results/design_figures.md).
 
   Args:
     learning_rate: a float or an optax schedule.

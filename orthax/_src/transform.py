@@ -21,7 +21,7 @@ from orthax._src.components import LayoutSpec, MaskSpec
 Array = jax.Array
 MatrixFn = Callable[[Array], Array]
 """A method as a function: a (B, P, N) stack of matrices to a (B, P, N) stack."""
-MethodName = Literal["auto", "svd", "eigh", "newton_schulz", "polar_express"]
+MethodName = Literal["auto", "svd", "eigh", "qdwh", "newton_schulz", "polar_express"]
 Method = MethodName | MatrixFn
 """A method's name (with `rtol`/`steps` given beside it), or the matrix function itself."""
 StepScale = Literal["muon", "rms"] | None
