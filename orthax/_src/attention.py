@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import optax
 
-from orthax._src.components import Layout, is_layout_leaf, path_names, resolve_tree
+from orthax._src.components import Layout, is_layout_leaf, one_layer, path_names, resolve_tree
 
 VIEWS = ("whole", "heads", "components")
 INPUT_PROJECTIONS = ("query", "key", "value")
@@ -47,14 +47,22 @@ def _check_projections(inputs: Sequence[str], outputs: Sequence[str], caller: st
         "a projection is one or the other.")
 
 
-def _check_shape(role: str, shape: tuple[int, ...], path: str, caller: str) -> None:
-  if len(shape) < 3:
-    expected = ("(..., embed, heads, head_dim)" if role == "input"
-                else "(..., heads, head_dim, embed)")
-    raise ValueError(
-        f"{caller}: {path} is named as an attention {role} kernel, {expected}, but has "
-        f"{shape=}. Leave its module's name out of inputs and outputs (and give its layout "
-        "through base=, e.g. orthax.layout_by_path(...)), or give it a heads axis.")
+def _is_attention_shape(shape: tuple[int, ...]) -> bool:
+  """Whether a kernel named as a projection has an attention kernel's shape: three axes (embed,
+  heads, head_dim) or (heads, head_dim, embed), after any leading axes that stack layers. A 2-D
+  kernel (an actor-critic `value` head, an MLP's `out` layer, a fused projection) is a plain
+  matrix."""
+  return len(shape) >= 3
+
+
+def _no_heads_error(role: str, shape: tuple[int, ...], path: str, caller: str) -> ValueError:
+  expected = ("(..., embed, heads, head_dim)" if role == "input"
+              else "(..., heads, head_dim, embed)")
+  return ValueError(
+      f"{caller}: {path} is named as an attention {role} kernel, {expected}, but has {shape=} "
+      "(as one layer) and so no heads axis to split. If it is not attention (a value head, an "
+      "MLP's out layer), leave its module's name out of inputs and outputs; if it is a fused "
+      "projection, use view 'whole' or give it a heads axis (DenseGeneral).")
 
 
 def _view_layout(view: str, role: str, ndim: int) -> Layout:
@@ -140,20 +148,36 @@ def attention_layout(
     out = []
     for (key_path, leaf), base_layout in zip(flat, chosen, strict=True):
       role = _projection(key_path, inputs, outputs)
-      if role is None:
-        out.append(base_layout)
-        continue
       shape = tuple(getattr(leaf, "shape", ()))
-      _check_shape(role, shape, jax.tree_util.keystr(key_path), "attention_layout")
+      layer = tuple(getattr(one_layer(leaf, base_layout), "shape", ()))
+      if role is not None and not _is_attention_shape(layer) and view != "whole":
+        raise _no_heads_error(role, layer, jax.tree_util.keystr(key_path), "attention_layout")
+      if role is None or not _is_attention_shape(layer):
+        out.append(base_layout)  # Not attention by shape; a 2-D kernel's whole view is itself.
+        continue
+      stack = set(range(len(shape) - 3))
+      batch = set(_batch_axes(base_layout, shape))
+      if not batch <= stack:
+        raise ValueError(
+            f"attention_layout: the base layout of {jax.tree_util.keystr(key_path)} of {shape=} "
+            f"stacks axes {sorted(batch)}, but an attention kernel's stack axes lead (here "
+            f"{sorted(stack)}). Stack the leading axes in base=, or leave the module's name out "
+            "of inputs and outputs.")
       out.append(_view_layout(view, role, len(shape)))
     return jax.tree_util.tree_unflatten(treedef, out)
 
   return layout
 
 
+def _batch_axes(layout: Layout | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if layout is None:
+    return ()
+  batch = (layout.batch,) if isinstance(layout.batch, int) else tuple(layout.batch)
+  return tuple(axis % len(shape) for axis in batch if -len(shape) <= axis < len(shape))
+
+
 def _grouped_shape(role: str, shape: tuple[int, ...], group: int, path: str) -> tuple[int, ...]:
   """Shape with (heads, head_dim) as (heads / group, group * head_dim)."""
-  _check_shape(role, shape, path, "group_heads")
   heads_axis = len(shape) - (2 if role == "input" else 3)
   heads, head_dim = shape[heads_axis], shape[heads_axis + 1]
   if heads % group:
@@ -212,8 +236,8 @@ def group_heads(
   def grouped(tree: Any) -> Any:
     def reshape(key_path, x):
       role = _projection(key_path, inputs, outputs)
-      if role is None or group == 1:
-        return x
+      if role is None or group == 1 or not _is_attention_shape(tuple(x.shape)):
+        return x  # A 2-D kernel has no heads to group, whatever its name.
       shape = _grouped_shape(role, tuple(x.shape), group, jax.tree_util.keystr(key_path))
       return x.reshape(shape)
     return jax.tree_util.tree_map_with_path(reshape, tree)

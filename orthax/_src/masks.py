@@ -7,7 +7,13 @@ from typing import Any
 
 import jax
 
-from orthax._src.components import default_mask, map_with_path_names, path_matches
+from orthax._src.components import (
+    default_mask,
+    is_mask_leaf,
+    map_with_path_names,
+    path_matches,
+    resolve_tree,
+)
 
 Mask = Callable[[Any], Any]
 
@@ -47,8 +53,10 @@ def exclude(*patterns: str, base: Mask = kernels) -> Mask:
         "orthax.masks.exclude('Embed_0', 'head').")
 
   def mask(params: Any) -> Any:
-    chosen = base(params)
-    excluded = map_with_path_names(lambda names, _: path_matches(names, patterns), params)
-    return jax.tree.map(lambda c, e: bool(c) and not e, chosen, excluded)
+    chosen = resolve_tree(base, params, "base mask", default_mask, is_mask_leaf)
+    excluded = jax.tree.leaves(
+        map_with_path_names(lambda names, _: path_matches(names, patterns), params))
+    return jax.tree.unflatten(jax.tree.structure(params), [
+        bool(c) and not e for c, e in zip(chosen, excluded, strict=True)])
 
   return mask

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from orthax._src.alias import keep_state_dtypes
 from orthax._src.attention import attention_layout
-from orthax._src.components import default_mask, is_mask_leaf, resolve_tree
+from orthax._src.components import select
 from orthax._src.transform import Method, StepScale, orthogonalise_components
 from orthax._src.transformer_masks import hidden_matrices
 
@@ -57,18 +58,24 @@ def muon_momentum(
           optax.tree.bias_correction(updates, beta, count))
     else:
       mu_hat = optax.tree.bias_correction(mu, beta, count)
-    return mu_hat, MuonMomentumState(count=count, mu=optax.tree.cast(mu, mu_dtype))
+    # The stored dtypes stay init's (mu_dtype, else the params'): float32 gradients must not
+    # promote a bfloat16 momentum (a second compilation, twice the memory).
+    mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu)
+    return mu_hat, MuonMomentumState(count=count, mu=mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _labels(mask: Any) -> Any:
-  """params -> tree of 'orthogonal' / 'adam' labels from a mask (bools, one bool or callable)."""
+def _labels(mask: Any, layout: Any) -> Any:
+  """params -> tree of 'orthogonal' / 'adam' labels from a mask (bools, one bool or callable).
+
+  The mask sees each leaf as one layer under `layout`, as `orthogonalise_components` does.
+  """
 
   def labels(params):
-    chosen = resolve_tree(mask, params, "mask", default_mask, is_mask_leaf)
+    chosen = select(mask, layout, params)[1]
     return jax.tree.unflatten(jax.tree.structure(params),
-                              ["orthogonal" if bool(c) else "adam" for c in chosen])
+                              ["orthogonal" if c else "adam" for c in chosen])
 
   return labels
 
@@ -172,7 +179,7 @@ def muon(
     layout = attention_layout("whole")
   if isinstance(beta, numbers.Real) and not 0 <= beta < 1:
     raise ValueError(f"muon(beta=...) must be in [0, 1), got {beta=}.")
-  return optax.partition(
+  return keep_state_dtypes(optax.partition(
       {
           "orthogonal": optax.chain(
               muon_momentum(beta, nesterov=nesterov, mu_dtype=mu_dtype),
@@ -189,5 +196,5 @@ def muon(
               eps_root=adam_eps_root, weight_decay=adam_weight_decay, mu_dtype=mu_dtype,
               nesterov=nesterov),
       },
-      _labels(mask),
-  )
+      _labels(mask, layout),
+  ))

@@ -93,18 +93,12 @@ def _component_transform(
 
   def plan(tree: Any) -> tuple[list[str], list[components_lib.MatrixView | None]]:
     """Per leaf: its path, and its matrix view or None when it passes through unchanged."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     paths, leaves = [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
-    layouts = components_lib.resolve_tree(
-        layout, tree, "layout", lambda _: None, components_lib.is_layout_leaf)
-    # The mask sees each leaf as one layer: the axes that only stack layers do not count.
-    layers = jax.tree_util.tree_unflatten(
-        treedef, [components_lib.one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
-    selected = components_lib.resolve_tree(
-        mask, layers, "mask", components_lib.default_mask, components_lib.is_mask_leaf)
+    layouts, selected = components_lib.select(mask, layout, tree)
     views: list[components_lib.MatrixView | None] = []
     for path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
-      if not bool(chosen):
+      if not chosen:
         views.append(None)
         continue
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
