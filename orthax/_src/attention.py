@@ -5,6 +5,9 @@ its projections as `DenseGeneral` / `LinearGeneral` kernels: query, key and valu
 head_dim), out (heads, head_dim, embed). Which matrices an orthogonaliser should see in them is a
 choice: Muon orthogonalises each projection whole, the NanoGPT speedrun (2026-04-08) and Dion
 orthogonalise heads (or pairs of heads) on their own, and the paper's components can be the heads.
+
+A kernel is taken for attention by its name and its shape: a `kernel` in a module so named, with
+three axes as one layer. A 2-D kernel is a plain matrix whatever its name.
 """
 
 from __future__ import annotations
@@ -91,10 +94,15 @@ def attention_layout(
   Which matrices to orthogonalise in multi-head attention is a modelling choice that the default
   `Layout()` gets wrong for query, key and value: it would make head_dim the components and every
   (embed, head) pair a parameter. This picks one of three views of every attention kernel, found by
-  its path (a leaf named `kernel` in a module named in `inputs` or `outputs`), so it works on linen
+  its path (a leaf named `kernel` in a module named in `inputs` or `outputs`) and its shape (three
+  or more axes, after removing those that `base` marks as a layer stack), so it works on linen
   `params` dicts and on `nnx.State`. Leading axes beyond the kernel's three, such as the layer axis
   that `nn.scan` or `nnx.scan` / `nnx.vmap` add, stack independent matrices. Other leaves get
-  `base`'s layout.
+  `base`'s layout, and so does a 2-D kernel so named (an actor-critic `value` head, an MLP layer
+  named `out`) under `"whole"`, whose whole view is the plain matrix; `"heads"` and
+  `"components"` raise a ValueError on it, naming the leaf. Where orthax cannot tell: a stacked
+  2-D kernel so named, (layers, in, out), with no stack axis in `base`, is taken for an attention
+  kernel.
 
   The three views, for an input kernel (embed, heads, head_dim) and an output kernel
   (heads, head_dim, embed):
@@ -198,7 +206,9 @@ def group_heads(
 
   The NanoGPT speedrun record of 2026-04-08 orthogonalised query and key in pairs of heads. A
   `Layout` can only permute a kernel's axes, not split one, so this reshapes instead: every
-  attention kernel (found by path as in `attention_layout`) has its (heads, head_dim) axes viewed
+  attention kernel (found by path as in `attention_layout`, with three or more axes: a 2-D kernel
+  so named is left alone, and `group_heads`, which sees no layout, takes a stacked 2-D kernel so
+  named for an attention kernel) has its (heads, head_dim) axes viewed
   as (heads / group, group * head_dim) while `transformation` runs (its params, updates and state
   all see that shape), and its updates are reshaped back. Heads h = k * group, ..., k * group +
   group - 1 form group k. Inside, `attention_layout("heads")` then orthogonalises each group's

@@ -36,7 +36,8 @@ def muon_momentum(
   Args:
     beta: decay rate of the average.
     nesterov: whether to look ahead as above.
-    mu_dtype: dtype of the stored momentum; default the params' dtypes.
+    mu_dtype: dtype of the stored momentum; default the params' dtypes. It stays so through
+      every update, whatever the gradients' dtype.
 
   Returns:
     An `optax.GradientTransformation` whose state is a `MuonMomentumState`.
@@ -138,12 +139,15 @@ def muon(
     mask: which leaves are orthogonalised; the rest go to AdamW. A pytree of bools, one bool or a
       callable params -> such a tree. Default `orthax.masks.hidden_matrices()`: every `kernel`
       except the output head's, Muon's practice (to match `optax.contrib.muon`'s default of every
-      2-D leaf, pass `mask=lambda p: jax.tree.map(lambda x: x.ndim == 2, p)`).
+      2-D leaf, pass `mask=lambda p: jax.tree.map(lambda x: x.ndim == 2, p)`). As in
+      `orthax.orthogonalise_components`, the mask sees each leaf as one layer (without the axes
+      that `layout` marks as a layer stack), so a scanned model splits as the same model unrolled.
     layout: how the orthogonalised leaves are viewed as matrices, as in
       `orthax.orthogonalise_components`. Default `orthax.attention_layout("whole")`: attention
       projections whole, as Muon, every other leaf `Layout()`. Layer stacks (`nn.scan`) other
       than attention kernels need `Layout(batch=0)`, e.g. through
-      `orthax.attention_layout("whole", base=orthax.layout_by_path(...))`.
+      `orthax.attention_layout("whole", base=orthax.layout_by_path(...))`; without it orthax
+      assumes each leaf is one layer (a stacked (layers, in, out) kernel is one matrix).
     step_scale: as in `orthax.orthogonalise_components`; default Muon's `"muon"`,
       sqrt(max(1, N / P)) (fan-out over fan-in); `"rms"` is optax's `consistent_rms=0.2`.
     weight_decay: decoupled weight decay of the orthogonalised leaves, times the learning rate.
