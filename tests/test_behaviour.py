@@ -377,3 +377,22 @@ def test_state_types_are_stable_from_init_with_mixed_dtypes(name, dtypes):
     updates, state = step(tree(seed, grads_dtype), state, params)
     assert jax.tree.map(jax.typeof, state) == types
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_lars_masks_see_stacked_leaves_as_layers():
+  """`orthogonal_lars`'s decay and trust-ratio masks are optax's, but with a layout they read each
+  stacked leaf as one layer as well: a stacked bias neither decays nor gets a trust ratio."""
+  params, grads = scanned_tree(0), scanned_tree(1)
+  masks = dict(weight_decay=0.1, weight_decay_mask=orthax.masks.kernels,
+               trust_ratio_mask=orthax.masks.kernels, mask=orthax.masks.conv_kernels)
+  scanned = orthax.orthogonal_lars(LR, method="svd", layout=SCAN_LAYOUT, **masks)
+  unrolled = orthax.orthogonal_lars(LR, method="svd", **masks)
+  got = scanned.update(grads, scanned.init(params), params)[0]
+  want = unrolled.update(unstack(grads), unrolled.init(unstack(params)), unstack(params))[0]
+  # Tolerance as in test_scanned_layers_get_the_unrolled_layers_update.
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(unstack(got))[0],
+                          jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.max(jnp.abs(w))),
+                               err_msg=jax.tree_util.keystr(path))
+  np.testing.assert_allclose(got["blocks"]["Dense_0"]["bias"],
+                             -LR * grads["blocks"]["Dense_0"]["bias"], rtol=1e-6)

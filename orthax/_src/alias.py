@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from orthax._src.components import LayoutSpec, MaskSpec, is_layout_leaf, resolve_tree
+from orthax._src.components import LayoutSpec, MaskSpec, is_layout_leaf, resolve_tree, select
 from orthax._src.transform import Method, orthogonalise, orthogonalise_components
 
 
@@ -34,6 +34,18 @@ def _cast_like(new: Any, old: Any) -> Any:
   if hasattr(new, "dtype") and hasattr(old, "dtype") and new.dtype != old.dtype:
     return new.astype(old.dtype)
   return new
+
+
+def one_layer_mask(mask: MaskSpec, layout: LayoutSpec) -> MaskSpec:
+  """`mask` for an optax wrapper, read as orthax reads masks: each leaf as one layer under
+  `layout` (so that a stacked bias is a bias). None and a bool pass through as optax reads them."""
+  if layout is None or mask is None or isinstance(mask, bool):
+    return mask
+
+  def chosen(params: Any) -> Any:
+    return jax.tree.unflatten(jax.tree.structure(params), select(mask, layout, params)[1])
+
+  return chosen
 
 
 def _first_link(
@@ -223,8 +235,9 @@ def orthogonal_lars(
     layout: which axes of each leaf stack layers (`orthax.Layout(batch=...)`, as in
       `orthax.orthogonalise_components`): the trust ratio is then one per layer, as in the same
       layers unrolled, and an orthogonaliser built from `method` and `mask` uses it too. Default
-      None: every leaf is one layer, `optax.lars` exactly. Give an `orthogonaliser` the same
-      layout.
+      None: every leaf is one layer, `optax.lars` exactly. With a layout, a callable or tree
+      `weight_decay_mask` and `trust_ratio_mask` see each leaf as one layer too. Give an
+      `orthogonaliser` the same layout.
     orthogonaliser: as in `orthogonal_sgd`.
   """
   first = _first_link(method, mask, orthogonaliser, "orthogonal_lars", layout)
@@ -236,9 +249,9 @@ def orthogonal_lars(
   # optax.lars's own chain, with the trust ratio taken per layer.
   return keep_state_dtypes(optax.chain(
       first,
-      optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+      optax.add_decayed_weights(weight_decay, mask=one_layer_mask(weight_decay_mask, layout)),
       optax.masked(_scale_by_layer_trust_ratio(layout, trust_coefficient, eps),
-                   trust_ratio_mask),
+                   one_layer_mask(trust_ratio_mask, layout)),
       optax.scale_by_learning_rate(learning_rate),
       optax.trace(decay=momentum, nesterov=nesterov),
   ))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from orthax._src.alias import keep_state_dtypes
+from orthax._src.alias import keep_state_dtypes, one_layer_mask
 from orthax._src.attention import attention_layout
 from orthax._src.components import select
 from orthax._src.transform import Method, StepScale, orthogonalise_components
@@ -151,7 +151,8 @@ def muon(
     step_scale: as in `orthax.orthogonalise_components`; default Muon's `"muon"`,
       sqrt(max(1, N / P)) (fan-out over fan-in); `"rms"` is optax's `consistent_rms=0.2`.
     weight_decay: decoupled weight decay of the orthogonalised leaves, times the learning rate.
-    weight_decay_mask: as in `optax.add_decayed_weights`, for those leaves.
+    weight_decay_mask: as in `optax.add_decayed_weights`, for those leaves; a callable or tree
+      sees each leaf as one layer under `layout`, as `mask` does.
     mu_dtype: dtype of both branches' first moments.
     eps: AdamW's epsilon.
     adam_b1, adam_b2, adam_eps_root, adam_weight_decay: AdamW's, for the leaves left out.
@@ -192,7 +193,7 @@ def muon(
                   step_scale=step_scale,
                   compute_dtype=jnp.float32 if compute_dtype is None else compute_dtype,
                   mesh=mesh),
-              optax.add_decayed_weights(weight_decay, weight_decay_mask),
+              optax.add_decayed_weights(weight_decay, one_layer_mask(weight_decay_mask, layout)),
               optax.scale_by_learning_rate(learning_rate),
           ),
           "adam": optax.adamw(
