@@ -219,10 +219,10 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   leaves with the params' structure, or a callable params -> one of those. A spec tree matches
   the params as optax matches a mask: it may be a prefix of the params (one value at a subtree
   covers all its leaves); a None node in the params (Equinox's `eqx.filter(model,
-  eqx.is_array)` leaves None for every non-array field) holds no leaf, so the spec's value there
-  is ignored; and wrappers such as `optax.masked` and `optax.multi_transform` hand over params in
-  which the leaves (or whole subtrees) they leave out are `optax.MaskedNode`s, where likewise the
-  spec's value is ignored.
+  eqx.is_array)` leaves None for every non-array field) holds no leaf, so the spec's None or
+  single value there is ignored; and wrappers such as `optax.masked` and `optax.multi_transform`
+  hand over params in which the leaves (or whole subtrees) they leave out are
+  `optax.MaskedNode`s, where likewise the spec's value is ignored.
   """
   leaves = jax.tree_util.tree_leaves(params)
   if callable(spec) and not is_spec_leaf(spec):
