@@ -1,11 +1,16 @@
 """Every public transformation and alias through the same checks, as Optax tests its optimisers.
 
 jit, dtype kept (bf16 in, bf16 out), `optax.inject_hyperparams`, `optax.MultiSteps`,
-`optax.apply_if_finite`, inside `optax.masked` / `optax.multi_transform` / `optax.partition`, and a
-state whose structure, shapes and dtypes survive an update and a `lax.cond`.
+`optax.apply_if_finite`, inside `optax.masked` / `optax.multi_transform` / `optax.partition`, a
+state whose structure, shapes and dtypes survive updates (also with params and gradients of
+different dtypes) and a `lax.cond`; and every mask and layout spec on trees with None leaves
+(Equinox), on `nn.scan`-stacked layers (against the same layers unrolled) and on plain Dense layers
+with attention-like names.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +19,24 @@ import optax
 import pytest
 
 import orthax
-from tests.helpers import assert_trees_allclose, assert_trees_equal, random_matrix
+from tests.helpers import (
+    assert_trees_allclose,
+    assert_trees_equal,
+    polar_reference,
+    random_matrix,
+)
 
 LR = 1e-2
+
+
+def muon_kernels(learning_rate, weight_decay, mask="kernels", layout=None
+                 ) -> optax.GradientTransformation:
+  """`orthax.muon` with the authors' mask (every floating leaf with ndim >= 2) unless given
+  another. Named by a string, not given as a callable, so that `optax.inject_hyperparams` does
+  not take it for a schedule."""
+  return orthax.muon(learning_rate, weight_decay=weight_decay, layout=layout,
+                     mask=orthax.masks.kernels if mask == "kernels" else mask)
+
 
 # name: (factory, keyword arguments). Exact methods use "svd", which compiles fastest.
 TRANSFORMATIONS = {
@@ -40,6 +60,8 @@ TRANSFORMATIONS = {
     # mask=True: every leaf to the NorMuon branch (the tree has no `kernel` for the default).
     "speedrun_muon": (orthax.speedrun_muon,
                       dict(learning_rate=LR, weight_decay=0.1, adam_weight_decay=0.1, mask=True)),
+    "muon": (muon_kernels, dict(learning_rate=LR, weight_decay=0.1)),
+    "muon_momentum": (orthax.muon_momentum, dict(beta=0.9)),
 }
 NAMES = sorted(TRANSFORMATIONS)
 
@@ -161,3 +183,222 @@ def test_state_is_stable_under_lax_cond(name):
   assert not any(bool(jnp.any(u)) for u in jax.tree.leaves(skipped))
   assert_same_state_type(taken_state, state)
   assert_trees_equal(skipped_state, state)
+
+
+# The spec-taking transformations, built with a mask and a layout. The aliases take them through
+# `orthogonaliser=`; `orthogonalise` takes a mask only, `muon_momentum` neither.
+ALIASES = ("orthogonal_sgd", "orthogonal_adam", "orthogonal_adamw", "orthogonal_lars")
+LAYOUT_TAKERS = [name for name in NAMES if name not in ("orthogonalise", "muon_momentum")]
+
+
+def build_with(name: str, mask=None, layout=None) -> optax.GradientTransformation:
+  """build(name) with `mask` and `layout` in place of its defaults."""
+  factory, kwargs = TRANSFORMATIONS[name]
+  kwargs = dict(kwargs)
+  if name in ALIASES:
+    kwargs["orthogonaliser"] = orthax.orthogonalise_components(
+        kwargs.pop("method"), mask=mask, layout=layout)
+    if name == "orthogonal_lars":  # Its trust ratio, per layer.
+      kwargs["layout"] = layout
+  elif name == "orthogonalise":
+    kwargs["mask"] = mask
+  elif name == "muon":  # `layout` in place of its default attention_layout("whole").
+    return muon_kernels(**kwargs, mask=mask, layout=layout)
+  elif name != "muon_momentum":
+    kwargs.update(mask=mask, layout=layout)
+  return factory(**kwargs)
+
+
+def equinox_tree(seed: int) -> dict:
+  """tree(seed) as `eqx.filter(model, eqx.is_array)` gives it: None for every non-array field."""
+  return {**tree(seed), "activation": None, "norm": {"eps": None, "axis": None}}
+
+
+# Specs that mean the defaults (every floating leaf with ndim >= 2, `Layout()`), each given as
+# users give them for an Equinox model: trees made by jax.tree.map keep its None nodes.
+SPECS = {
+    "mask_tree": lambda p: dict(mask=jax.tree.map(lambda x: x.ndim >= 2, p)),
+    "mask_prefix": lambda p: dict(mask={"dense": True, "conv": True, "bias": False,
+                                        "activation": False, "norm": False}),
+    "mask_exclude": lambda p: dict(mask=orthax.masks.exclude("nothing_has_this_name")),
+    "layout_tree": lambda p: dict(mask=orthax.masks.kernels, layout=jax.tree.map(
+        lambda _: orthax.Layout(), p)),
+    "layout_by_path": lambda p: dict(mask=orthax.masks.kernels, layout=orthax.layout_by_path(
+        {"conv": orthax.Layout()})),
+    "attention_layout": lambda p: dict(mask=orthax.masks.kernels, layout=orthax.attention_layout(
+        "heads", base=orthax.layout_by_path({"conv": orthax.Layout()}))),
+}
+
+
+def drop_none(t: dict) -> dict:
+  return {k: v for k, v in t.items() if v is not None and k != "norm"}
+
+
+# `orthogonalise` takes a mask only and `muon_momentum` no spec: only the specs that reach them.
+NONE_CASES = [(name, spec) for name in NAMES for spec in sorted(SPECS)
+              if not (name == "orthogonalise" and not spec.startswith("mask"))
+              and not (name == "muon_momentum" and spec != "mask_tree")]
+
+
+@functools.cache
+def default_update(name: str) -> dict:
+  """build(name)'s update of equinox_tree(1) without its None fields (from equinox_tree(0))."""
+  tx, params, grads = build(name), drop_none(equinox_tree(0)), drop_none(equinox_tree(1))
+  return jax.jit(tx.update)(grads, tx.init(params), params)[0]
+
+
+@pytest.mark.parametrize("name,spec", NONE_CASES)
+def test_none_leaves_equinox_style(name, spec):
+  """Fault 1 (optax #1007, equinox #771): None in the params holds no leaf, in every spec tree.
+
+  The update of an Equinox-style tree is that of the same arrays without the None fields, under
+  the defaults."""
+  params, grads = equinox_tree(0), equinox_tree(1)
+  tx = build_with(name, **SPECS[spec](params))
+  updates = jax.jit(tx.update)(grads, tx.init(params), params)[0]
+  assert jax.tree.structure(updates) == jax.tree.structure(grads)
+  assert updates["activation"] is None and updates["norm"] == {"eps": None, "axis": None}
+  assert_trees_allclose(drop_none(updates), default_update(name), atol=1e-6)
+  if name == "orthogonalise_components":
+    # Independent truth: float64 SVD. Gaussian 6 x 4, condition number about 4: float32's
+    # polar factor is within eps 1.2e-7 x 4 x a margin of 20.
+    np.testing.assert_allclose(updates["dense"], polar_reference(grads["dense"]), atol=1e-5)
+
+
+LAYERS = 3
+
+
+def scanned_tree(seed: int) -> dict:
+  """An nn.scan-stacked block of a conv and a Dense layer, and an unstacked head."""
+  rng = np.random.default_rng(seed)
+  shapes = {"blocks": {"Conv_0": {"kernel": (LAYERS, 3, 3, 2, 4), "bias": (LAYERS, 4)},
+                       "Dense_0": {"kernel": (LAYERS, 6, 4), "bias": (LAYERS, 4)}},
+            "head": {"kernel": (4, 3), "bias": (3,)}}
+  return jax.tree.map(lambda s: jnp.asarray(random_matrix(rng, s)), shapes,
+                      is_leaf=lambda s: isinstance(s, tuple))
+
+
+def unstack(t: dict) -> dict:
+  """The scanned tree as the same layers unrolled."""
+  return {**{f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], t["blocks"])
+             for i in range(LAYERS)}, "head": t["head"]}
+
+
+SCAN_LAYOUT = orthax.layout_by_path({"blocks": orthax.Layout(batch=0)})
+SCAN_MASKS = {"default": None, "kernels": orthax.masks.kernels,
+              "conv_kernels": orthax.masks.conv_kernels,
+              "hidden_matrices": orthax.masks.hidden_matrices()}
+
+
+@pytest.mark.parametrize("mask", sorted(SCAN_MASKS))
+@pytest.mark.parametrize("name", LAYOUT_TAKERS)
+def test_scanned_layers_get_the_unrolled_layers_update(name, mask):
+  """Fault 2 (keras #21885, maxtext #4843): every route that picks leaves sees a stacked leaf as
+  one layer. `muon` split Muon from AdamW on the raw leaf: stacked biases went to Muon under
+  `masks.kernels`, stacked Dense kernels under `masks.conv_kernels`. Two updates of the scanned
+  tree are those of the same layers unrolled, to float32 round-off."""
+  params, g1, g2 = scanned_tree(0), scanned_tree(1), scanned_tree(2)
+  scanned = build_with(name, mask=SCAN_MASKS[mask], layout=SCAN_LAYOUT)
+  unrolled = build_with(name, mask=SCAN_MASKS[mask])
+  out, expected = [], []
+  for tx, view, result in ((scanned, lambda t: t, out), (unrolled, unstack, expected)):
+    step = jax.jit(tx.update)
+    state = tx.init(view(params))
+    for g in (g1, g2):
+      updates, state = step(view(g), state, view(params))
+      result.append(updates)
+  # The same float32 operations on the same matrices, batched or one by one. Two float32 polar
+  # factors of one matrix agree to about eps x cond x sqrt(P N) = 1.2e-7 x 20 x 9 = 2e-5 (these
+  # Gaussian 6 x 4 to 18 x 4 matrices have condition numbers below 20), in updates of size <= 1:
+  # 1e-4 of each leaf's largest entry is a margin of 5 over it, and far below the fault's 0.15.
+  for got, want in zip(out, expected, strict=True):
+    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(unstack(got))[0],
+                            jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.max(jnp.abs(w))),
+                                 err_msg=jax.tree_util.keystr(path))
+
+
+def named_like_attention(seed: int) -> dict:
+  """Plain Dense layers named as Flax's attention projections: an actor-critic `value` head and
+  an MLP whose last layer is `out`, and a `query` layer stacked by nn.scan."""
+  rng = np.random.default_rng(seed)
+  shapes = {"value": {"kernel": (16, 3), "bias": (3,)}, "out": {"kernel": (16, 4), "bias": (4,)},
+            "blocks": {"query": {"kernel": (LAYERS, 6, 4), "bias": (LAYERS, 4)}}}
+  return jax.tree.map(lambda s: jnp.asarray(random_matrix(rng, s)), shapes,
+                      is_leaf=lambda s: isinstance(s, tuple))
+
+
+@pytest.mark.parametrize("name", LAYOUT_TAKERS)
+def test_dense_layers_with_attention_names_are_plain_matrices(name):
+  """Fault 3 (VeOmni #1108, Megatron-LM #5400): a kernel was taken for attention by its name
+  alone, and `muon()` raised on a (16, 3) `value` head. A kernel whose one-layer shape has two
+  axes is a plain matrix under the 'whole' view, whatever its name: the update is `Layout()`'s."""
+  params, grads = named_like_attention(0), named_like_attention(1)
+  tx = build_with(name, mask=orthax.masks.kernels,
+                  layout=orthax.attention_layout("whole", base=SCAN_LAYOUT))
+  plain = build_with(name, mask=orthax.masks.kernels, layout=SCAN_LAYOUT)
+  got = jax.jit(tx.update)(grads, tx.init(params), params)[0]
+  assert_trees_equal(got, jax.jit(plain.update)(grads, plain.init(params), params)[0])
+  if name == "orthogonalise_components":
+    # Independent truth: float64 SVD, layer by layer; Gaussian 16 x 4 and 6 x 4 matrices are well
+    # conditioned (< 10), so float32's polar factor is within eps 1.2e-7 x 10 x a margin of 8.
+    for leaf in (got["value"]["kernel"], got["out"]["kernel"], *got["blocks"]["query"]["kernel"]):
+      assert leaf.ndim == 2
+    np.testing.assert_allclose(got["out"]["kernel"], polar_reference(grads["out"]["kernel"]),
+                               atol=1e-5)
+    np.testing.assert_allclose(got["blocks"]["query"]["kernel"][1],
+                               polar_reference(grads["blocks"]["query"]["kernel"][1]), atol=1e-5)
+
+
+def test_muon_defaults_run_on_dense_layers_with_attention_names():
+  params = {k: v for k, v in named_like_attention(0).items() if k != "blocks"}
+  tx = orthax.muon(LR)
+  updates = tx.update(params, tx.init(params), params)[0]
+  expected = orthax.muon(LR, layout=orthax.Layout())
+  assert_trees_equal(updates, expected.update(params, expected.init(params), params)[0])
+
+
+@pytest.mark.parametrize("view", ["heads", "components"])
+def test_a_heads_view_of_a_two_dimensional_kernel_names_the_leaf_and_the_fix(view):
+  with pytest.raises(ValueError, match=r"\['out'\]\['kernel'\].*leave its module's name out"):
+    orthax.attention_layout(view)(named_like_attention(0))
+
+
+STATE_DTYPES = {"bf16_params_f32_grads": (jnp.bfloat16, jnp.float32),
+                "f32_params_bf16_grads": (jnp.float32, jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("dtypes", sorted(STATE_DTYPES))
+@pytest.mark.parametrize("name", NAMES)
+def test_state_types_are_stable_from_init_with_mixed_dtypes(name, dtypes):
+  """Fault 4 (DeepSpeed #8483, jaxopt #451): bf16 params and float32 gradients stored Muon's
+  momentum (and optax's traces and moments) as bf16 at init and float32 after an update, so a
+  jitted step compiled twice. A state keeps init's shapes, dtypes and weak types over updates."""
+  params_dtype, grads_dtype = STATE_DTYPES[dtypes]
+  tx, params = build(name), tree(0, params_dtype)
+  state = tx.init(params)
+  types = jax.tree.map(jax.typeof, state)
+  step = jax.jit(tx.update)
+  for seed in (1, 2, 3):
+    updates, state = step(tree(seed, grads_dtype), state, params)
+    assert jax.tree.map(jax.typeof, state) == types
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_lars_masks_see_stacked_leaves_as_layers():
+  """`orthogonal_lars`'s decay and trust-ratio masks are optax's, but with a layout they read each
+  stacked leaf as one layer as well: a stacked bias neither decays nor gets a trust ratio."""
+  params, grads = scanned_tree(0), scanned_tree(1)
+  masks = dict(weight_decay=0.1, weight_decay_mask=orthax.masks.kernels,
+               trust_ratio_mask=orthax.masks.kernels, mask=orthax.masks.conv_kernels)
+  scanned = orthax.orthogonal_lars(LR, method="svd", layout=SCAN_LAYOUT, **masks)
+  unrolled = orthax.orthogonal_lars(LR, method="svd", **masks)
+  got = scanned.update(grads, scanned.init(params), params)[0]
+  want = unrolled.update(unstack(grads), unrolled.init(unstack(params)), unstack(params))[0]
+  # Tolerance as in test_scanned_layers_get_the_unrolled_layers_update.
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(unstack(got))[0],
+                          jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.max(jnp.abs(w))),
+                               err_msg=jax.tree_util.keystr(path))
+  np.testing.assert_allclose(got["blocks"]["Dense_0"]["bias"],
+                             -LR * grads["blocks"]["Dense_0"]["bias"], rtol=1e-6)

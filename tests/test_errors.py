@@ -186,3 +186,16 @@ def test_alias_rejects_a_callable_method_beside_an_orthogonaliser():
   with pytest.raises(ValueError, match="either orthogonaliser"):
     orthax.orthogonal_sgd(1e-2, method=orthax.polar.svd,
                           orthogonaliser=orthax.orthogonalise_components())
+
+
+def test_layout_tree_with_a_non_layout_value_names_the_leaf():
+  with pytest.raises(ValueError, match=r"layout of \['dense'\]\['kernel'\] is 3; give each leaf"):
+    orthax.orthogonalise_components(
+        layout={"dense": {"kernel": 3, "bias": None}, "conv": None}).init(PARAMS)
+
+
+def test_spec_with_a_subtree_where_the_params_have_none_names_the_place():
+  params = {"kernel": jnp.ones((4, 3)), "activation": None}
+  with pytest.raises(ValueError, match=r"mask tree does not match.*\['activation'\].*None"):
+    orthax.orthogonalise_components(
+        mask={"kernel": True, "activation": {"fn": True}}).init(params)

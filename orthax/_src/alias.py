@@ -2,18 +2,62 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import optax
 
-from orthax._src.components import MaskSpec
-from orthax._src.transform import Method, orthogonalise
+from orthax._src.components import LayoutSpec, MaskSpec, is_layout_leaf, resolve_tree, select
+from orthax._src.transform import Method, orthogonalise, orthogonalise_components
+
+
+def keep_state_dtypes(
+    transformation: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`transformation` whose state keeps, through every update, the dtypes it has after `init`.
+
+  optax creates moments in the params' dtypes (or a `mu_dtype`), but an update with gradients of
+  another dtype promotes them: with bfloat16 params and float32 gradients, SGD's trace and Adam's
+  second moment come back float32. The state would then differ from `init`'s, so a jitted step
+  compiles a second time and the state's memory doubles. This casts each updated state array
+  back to its dtype before the update.
+  """
+
+  def update_fn(updates, state, params=None):
+    new, new_state = transformation.update(updates, state, params)
+    return new, jax.tree.map(_cast_like, new_state, state)
+
+  return optax.GradientTransformation(transformation.init, update_fn)
+
+
+def _cast_like(new: Any, old: Any) -> Any:
+  if hasattr(new, "dtype") and hasattr(old, "dtype") and new.dtype != old.dtype:
+    return new.astype(old.dtype)
+  return new
+
+
+def one_layer_mask(mask: MaskSpec, layout: LayoutSpec) -> MaskSpec:
+  """`mask` for an optax wrapper, read as orthax reads masks: each leaf as one layer under
+  `layout` (so that a stacked bias is a bias). None and a bool pass through as optax reads them."""
+  if layout is None or mask is None or isinstance(mask, bool):
+    return mask
+
+  def chosen(params: Any) -> Any:
+    return jax.tree.unflatten(jax.tree.structure(params), select(mask, layout, params)[1])
+
+  return chosen
 
 
 def _first_link(
-    method: Method, mask: MaskSpec, orthogonaliser: optax.GradientTransformation | None, alias: str
+    method: Method, mask: MaskSpec, orthogonaliser: optax.GradientTransformation | None, alias: str,
+    layout: LayoutSpec = None,
 ) -> optax.GradientTransformation:
-  """The alias's orthogonalising transformation: `orthogonaliser`, or one built from method/mask."""
+  """The alias's orthogonalising transformation: `orthogonaliser`, or one built from method/mask
+  (and `layout`)."""
   if orthogonaliser is None:
-    return orthogonalise(method, mask=mask)
+    if layout is None:
+      return orthogonalise(method, mask=mask)
+    return orthogonalise_components(method, mask=mask, layout=layout)
   if not isinstance(orthogonaliser, optax.GradientTransformation):
     raise ValueError(
         f"{alias}(orthogonaliser=...) must be an optax.GradientTransformation such as "
@@ -23,6 +67,32 @@ def _first_link(
         f"{alias}: pass either orthogonaliser=... or method/mask, not both; put method and mask "
         "into the orthogonaliser, e.g. orthax.orthogonalise_components(method, mask=mask).")
   return orthogonaliser
+
+
+def _scale_by_layer_trust_ratio(
+    layout: LayoutSpec, trust_coefficient: float, eps: float) -> optax.GradientTransformation:
+  """`optax.scale_by_trust_ratio` with one ratio per layer: each norm is taken over a leaf's axes
+  other than its layout's batch axes, so a stacked leaf gets the ratios of its layers unrolled."""
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("orthogonal_lars needs params for its trust ratio: pass them to update.")
+    treedef: Any  # jax's PyTreeDef, whose stub the type checker cannot resolve.
+    leaves, treedef = jax.tree.flatten(updates)
+    layouts = resolve_tree(layout, updates, "layout", lambda _: None, is_layout_leaf)
+    out = []
+    for u, p, lay in zip(leaves, treedef.flatten_up_to(params), layouts, strict=True):
+      batch = () if lay is None else (lay.batch,) if isinstance(lay.batch, int) else lay.batch
+      batch = tuple(a % u.ndim for a in batch)
+      axes = tuple(a for a in range(u.ndim) if a not in batch)
+      param_norm = jnp.sqrt(jnp.sum(jnp.square(p), axis=axes, keepdims=True))
+      update_norm = jnp.sqrt(jnp.sum(jnp.square(u), axis=axes, keepdims=True))
+      ratio = trust_coefficient * param_norm / (update_norm + eps)
+      zero = jnp.logical_or(param_norm == 0, update_norm == 0)
+      out.append(u * jnp.where(zero, jnp.ones((), p.dtype), ratio))
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def orthogonal_sgd(
@@ -60,11 +130,11 @@ def orthogonal_sgd(
     >>> import orthax
     >>> tx = orthax.orthogonal_sgd(1e-2, momentum=0.9, weight_decay=5e-4)  # the paper's recipe
   """
-  return optax.chain(
+  return keep_state_dtypes(optax.chain(
       _first_link(method, mask, orthogonaliser, "orthogonal_sgd"),
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
-  )
+  ))
 
 
 def orthogonal_adam(
@@ -92,11 +162,11 @@ def orthogonal_adam(
     mask: which leaves to orthogonalise.
     orthogonaliser: as in `orthogonal_sgd`.
   """
-  return optax.chain(
+  return keep_state_dtypes(optax.chain(
       _first_link(method, mask, orthogonaliser, "orthogonal_adam"),
       optax.add_decayed_weights(weight_decay),
       optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
-  )
+  ))
 
 
 def orthogonal_adamw(
@@ -126,11 +196,11 @@ def orthogonal_adamw(
     mask: which leaves to orthogonalise.
     orthogonaliser: as in `orthogonal_sgd`.
   """
-  return optax.chain(
+  return keep_state_dtypes(optax.chain(
       _first_link(method, mask, orthogonaliser, "orthogonal_adamw"),
       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                   mask=weight_decay_mask),
-  )
+  ))
 
 
 def orthogonal_lars(
@@ -145,6 +215,7 @@ def orthogonal_lars(
     nesterov: bool = False,
     method: Method = "auto",
     mask: MaskSpec = None,
+    layout: LayoutSpec = None,
     orthogonaliser: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   """Orthogonal LARS: U V^T on the selected kernels, then `optax.lars`.
@@ -161,12 +232,26 @@ def orthogonal_lars(
       nesterov: as in `optax.lars`.
     method: as in `orthax.orthogonalise_components`.
     mask: which leaves to orthogonalise.
+    layout: which axes of each leaf stack layers (`orthax.Layout(batch=...)`, as in
+      `orthax.orthogonalise_components`): the trust ratio is then one per layer, as in the same
+      layers unrolled, and an orthogonaliser built from `method` and `mask` uses it too. Default
+      None: every leaf is one layer, `optax.lars` exactly. With a layout, a callable or tree
+      `weight_decay_mask` and `trust_ratio_mask` see each leaf as one layer too. Give an
+      `orthogonaliser` the same layout.
     orthogonaliser: as in `orthogonal_sgd`.
   """
-  return optax.chain(
-      _first_link(method, mask, orthogonaliser, "orthogonal_lars"),
-      optax.lars(
-          learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
-          trust_coefficient=trust_coefficient, eps=eps, trust_ratio_mask=trust_ratio_mask,
-          momentum=momentum, nesterov=nesterov),
-  )
+  first = _first_link(method, mask, orthogonaliser, "orthogonal_lars", layout)
+  if layout is None:
+    return keep_state_dtypes(optax.chain(first, optax.lars(
+        learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
+        trust_coefficient=trust_coefficient, eps=eps, trust_ratio_mask=trust_ratio_mask,
+        momentum=momentum, nesterov=nesterov)))
+  # optax.lars's own chain, with the trust ratio taken per layer.
+  return keep_state_dtypes(optax.chain(
+      first,
+      optax.add_decayed_weights(weight_decay, mask=one_layer_mask(weight_decay_mask, layout)),
+      optax.masked(_scale_by_layer_trust_ratio(layout, trust_coefficient, eps),
+                   one_layer_mask(trust_ratio_mask, layout)),
+      optax.scale_by_learning_rate(learning_rate),
+      optax.trace(decay=momentum, nesterov=nesterov),
+  ))

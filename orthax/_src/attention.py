@@ -5,6 +5,9 @@ its projections as `DenseGeneral` / `LinearGeneral` kernels: query, key and valu
 head_dim), out (heads, head_dim, embed). Which matrices an orthogonaliser should see in them is a
 choice: Muon orthogonalises each projection whole, a NanoGPT speedrun record and Dion
 orthogonalise heads (or pairs of heads) on their own, and the paper's components can be the heads.
+
+A kernel is taken for attention by its name and its shape: a `kernel` in a module so named, with
+three axes as one layer. A 2-D kernel is a plain matrix whatever its name.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import jax
 import optax
 
-from orthax._src.components import Layout, is_layout_leaf, path_names, resolve_tree
+from orthax._src.components import Layout, is_layout_leaf, one_layer, path_names, resolve_tree
 
 VIEWS = ("whole", "heads", "components")
 INPUT_PROJECTIONS = ("query", "key", "value")
@@ -47,14 +50,22 @@ def _check_projections(inputs: Sequence[str], outputs: Sequence[str], caller: st
         "a projection is one or the other.")
 
 
-def _check_shape(role: str, shape: tuple[int, ...], path: str, caller: str) -> None:
-  if len(shape) < 3:
-    expected = ("(..., embed, heads, head_dim)" if role == "input"
-                else "(..., heads, head_dim, embed)")
-    raise ValueError(
-        f"{caller}: {path} is named as an attention {role} kernel, {expected}, but has "
-        f"{shape=}. Leave its module's name out of inputs and outputs (and give its layout "
-        "through base=, e.g. orthax.layout_by_path(...)), or give it a heads axis.")
+def _is_attention_shape(shape: tuple[int, ...]) -> bool:
+  """Whether a kernel named as a projection has an attention kernel's shape: three axes (embed,
+  heads, head_dim) or (heads, head_dim, embed), after any leading axes that stack layers. A 2-D
+  kernel (an actor-critic `value` head, an MLP's `out` layer, a fused projection) is a plain
+  matrix."""
+  return len(shape) >= 3
+
+
+def _no_heads_error(role: str, shape: tuple[int, ...], path: str, caller: str) -> ValueError:
+  expected = ("(..., embed, heads, head_dim)" if role == "input"
+              else "(..., heads, head_dim, embed)")
+  return ValueError(
+      f"{caller}: {path} is named as an attention {role} kernel, {expected}, but has {shape=} "
+      "(as one layer) and so no heads axis to split. If it is not attention (a value head, an "
+      "MLP's out layer), leave its module's name out of inputs and outputs; if it is a fused "
+      "projection, use view 'whole' or give it a heads axis (DenseGeneral).")
 
 
 def _view_layout(view: str, role: str, ndim: int) -> Layout:
@@ -83,10 +94,15 @@ def attention_layout(
   Which matrices to orthogonalise in multi-head attention is a modelling choice that the default
   `Layout()` gets wrong for query, key and value: it would make head_dim the components and every
   (embed, head) pair a parameter. This picks one of three views of every attention kernel, found by
-  its path (a leaf named `kernel` in a module named in `inputs` or `outputs`), so it works on linen
+  its path (a leaf named `kernel` in a module named in `inputs` or `outputs`) and its shape (three
+  or more axes, after removing those that `base` marks as a layer stack), so it works on linen
   `params` dicts and on `nnx.State`. Leading axes beyond the kernel's three, such as the layer axis
   that `nn.scan` or `nnx.scan` / `nnx.vmap` add, stack independent matrices. Other leaves get
-  `base`'s layout.
+  `base`'s layout, and so does a 2-D kernel so named (an actor-critic `value` head, an MLP layer
+  named `out`) under `"whole"`, whose whole view is the plain matrix; `"heads"` and
+  `"components"` raise a ValueError on it, naming the leaf. Where orthax cannot tell: a stacked
+  2-D kernel so named, (layers, in, out), with no stack axis in `base`, is taken for an attention
+  kernel.
 
   The three views, for an input kernel (embed, heads, head_dim) and an output kernel
   (heads, head_dim, embed):
@@ -140,20 +156,36 @@ def attention_layout(
     out = []
     for (key_path, leaf), base_layout in zip(flat, chosen, strict=True):
       role = _projection(key_path, inputs, outputs)
-      if role is None:
-        out.append(base_layout)
-        continue
       shape = tuple(getattr(leaf, "shape", ()))
-      _check_shape(role, shape, jax.tree_util.keystr(key_path), "attention_layout")
+      layer = tuple(getattr(one_layer(leaf, base_layout), "shape", ()))
+      if role is not None and not _is_attention_shape(layer) and view != "whole":
+        raise _no_heads_error(role, layer, jax.tree_util.keystr(key_path), "attention_layout")
+      if role is None or not _is_attention_shape(layer):
+        out.append(base_layout)  # Not attention by shape; a 2-D kernel's whole view is itself.
+        continue
+      stack = set(range(len(shape) - 3))
+      batch = set(_batch_axes(base_layout, shape))
+      if not batch <= stack:
+        raise ValueError(
+            f"attention_layout: the base layout of {jax.tree_util.keystr(key_path)} of {shape=} "
+            f"stacks axes {sorted(batch)}, but an attention kernel's stack axes lead (here "
+            f"{sorted(stack)}). Stack the leading axes in base=, or leave the module's name out "
+            "of inputs and outputs.")
       out.append(_view_layout(view, role, len(shape)))
     return jax.tree_util.tree_unflatten(treedef, out)
 
   return layout
 
 
+def _batch_axes(layout: Layout | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if layout is None:
+    return ()
+  batch = (layout.batch,) if isinstance(layout.batch, int) else tuple(layout.batch)
+  return tuple(axis % len(shape) for axis in batch if -len(shape) <= axis < len(shape))
+
+
 def _grouped_shape(role: str, shape: tuple[int, ...], group: int, path: str) -> tuple[int, ...]:
   """Shape with (heads, head_dim) as (heads / group, group * head_dim)."""
-  _check_shape(role, shape, path, "group_heads")
   heads_axis = len(shape) - (2 if role == "input" else 3)
   heads, head_dim = shape[heads_axis], shape[heads_axis + 1]
   if heads % group:
@@ -174,7 +206,9 @@ def group_heads(
 
   A NanoGPT speedrun record orthogonalised query and key in pairs of heads. A
   `Layout` can only permute a kernel's axes, not split one, so this reshapes instead: every
-  attention kernel (found by path as in `attention_layout`) has its (heads, head_dim) axes viewed
+  attention kernel (found by path as in `attention_layout`, with three or more axes: a 2-D kernel
+  so named is left alone, and `group_heads`, which sees no layout, takes a stacked 2-D kernel so
+  named for an attention kernel) has its (heads, head_dim) axes viewed
   as (heads / group, group * head_dim) while `transformation` runs (its params, updates and state
   all see that shape), and its updates are reshaped back. Heads h = k * group, ..., k * group +
   group - 1 form group k. Inside, `attention_layout("heads")` then orthogonalises each group's
@@ -212,8 +246,8 @@ def group_heads(
   def grouped(tree: Any) -> Any:
     def reshape(key_path, x):
       role = _projection(key_path, inputs, outputs)
-      if role is None or group == 1:
-        return x
+      if role is None or group == 1 or not _is_attention_shape(tuple(x.shape)):
+        return x  # A 2-D kernel has no heads to group, whatever its name.
       shape = _grouped_shape(role, tuple(x.shape), group, jax.tree_util.keystr(key_path))
       return x.reshape(shape)
     return jax.tree_util.tree_map_with_path(reshape, tree)

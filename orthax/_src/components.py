@@ -46,11 +46,13 @@ class Layout(NamedTuple):
 
 
 MaskSpec = bool | Any | Callable[[Any], Any] | None
-"""`mask=`: one bool for every leaf, a pytree of bools with the params' structure, a callable
-params -> such a pytree, or None for `default_mask`."""
+"""`mask=`: one bool for every leaf, a pytree of bools with the params' structure (or a prefix of
+it: one bool for a whole subtree), a callable params -> such a pytree, or None for
+`default_mask`."""
 LayoutSpec = Layout | Any | Callable[[Any], Any] | None
 """`layout=`: one `Layout` for every leaf, a pytree of `Layout` (None for the default) with the
-params' structure, a callable params -> such a pytree, or None for `Layout()` everywhere."""
+params' structure (or a prefix of it), a callable params -> such a pytree, or None for `Layout()`
+everywhere."""
 
 
 def _axes(spec: int | Sequence[int], ndim: int, what: str, shape) -> tuple[int, ...]:
@@ -136,28 +138,77 @@ def _is_masked_node(x: Any) -> bool:
   return isinstance(x, optax.MaskedNode)
 
 
-def _keys(tree: Any, is_leaf: Callable | None = None) -> list[str]:
-  return [jax.tree_util.keystr(p) for p, _ in
-          jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
+def _children(x: Any) -> tuple[list[tuple[Any, Any]], Any]:
+  """`x`'s children one level down, with their keys, and `x`'s one-level structure."""
+  return jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
 
 
-def _mismatch(expected: Any, got: Any, what: str, is_leaf: Callable | None) -> ValueError:
-  want, have = _keys(expected), _keys(got, is_leaf)
-  for w, h in zip(want, have, strict=False):
-    if w != h:
-      detail = f"the first mismatch is at {w} in the params and {h} in the {what}"
-      break
+def _is_tree_leaf(x: Any) -> bool:
+  return x is not None and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x))
+
+
+def _first_leaf(x: Any, path: tuple, is_leaf: Callable | None = None) -> str:
+  """The path of the first leaf at or below `x` (at `path`), or `path` itself when it has none."""
+  flat = jax.tree_util.tree_flatten_with_path(x, is_leaf=is_leaf)[0]
+  return jax.tree_util.keystr(path + (tuple(flat[0][0]) if flat else ()))
+
+
+def _mismatch(params: Any, spec: Any, path: tuple, what: str,
+              is_spec_leaf: Callable[[Any], bool]) -> ValueError:
+  where = jax.tree_util.keystr(path) or "the root"
+  if _is_tree_leaf(params) or _is_tree_leaf(spec) or params is None or spec is None:
+    detail = (f"at {where} the params have {_describe(params)} and the {what} has "
+              f"{_describe(spec)}")
   else:
-    if len(want) == len(have):
-      detail = (f"the paths agree but the containers differ: params "
-                f"{jax.tree_util.tree_structure(expected)}, {what} "
-                f"{jax.tree_util.tree_structure(got, is_leaf=is_leaf)}")
+    mine, theirs = _children(params)[0], _children(spec)[0]
+    want = [jax.tree_util.keystr(k) for k, _ in mine]
+    have = [jax.tree_util.keystr(k) for k, _ in theirs]
+    first = next((i for i, (w, h) in enumerate(zip(want, have, strict=False)) if w != h), None)
+    if first is not None:
+      detail = (f"the first mismatch is at {_first_leaf(mine[first][1], path + mine[first][0])}"
+                f" in the params and "
+                f"{_first_leaf(theirs[first][1], path + theirs[first][0], is_spec_leaf)} in the "
+                f"{what}")
+    elif len(want) != len(have):
+      longer, name, keys = ((mine, "params", len(have)) if len(want) > len(have)
+                            else (theirs, what, len(want)))
+      detail = (f"{_first_leaf(longer[keys][1], path + longer[keys][0])} is in the {name} but "
+                "not in the other")
     else:
-      longer, name = (want, "params") if len(want) > len(have) else (have, what)
-      detail = f"{longer[min(len(want), len(have))]} is in the {name} but not in the other"
+      detail = (f"the paths agree but the containers differ at {where}: params "
+                f"{type(params).__name__}, {what} {type(spec).__name__}")
   return ValueError(
       f"The {what} tree does not match the params: {detail}. Give a {what} with the params' "
-      f"structure, or a callable params -> {what} tree.")
+      f"structure (or a prefix of it), or a callable params -> {what} tree.")
+
+
+def _describe(x: Any) -> str:
+  if hasattr(x, "shape") and hasattr(x, "dtype"):
+    return f"an array of shape {tuple(x.shape)}"
+  if x is None:
+    return "None (no leaf)"
+  return f"{type(x).__name__} {x!r}"[:120]
+
+
+def _match(spec: Any, params: Any, path: tuple, out: list[Any], what: str,
+           is_spec_leaf: Callable[[Any], bool]) -> None:
+  """Appends to `out` the spec's value for each leaf of `params`, where `spec` is a prefix of it."""
+  if _is_masked_node(params):
+    return  # A wrapper's placeholder: no leaf here, whatever the spec says.
+  if is_spec_leaf(spec):
+    out.extend([spec] * len(jax.tree_util.tree_leaves(params)))
+    return
+  if _is_tree_leaf(params) and _is_tree_leaf(spec):
+    out.append(spec)  # Not a spec value: the caller checks what it got.
+    return
+  if _is_tree_leaf(params) or _is_tree_leaf(spec):
+    raise _mismatch(params, spec, path, what, is_spec_leaf)
+  mine, structure = _children(params)
+  theirs, spec_structure = _children(spec)
+  if structure != spec_structure:
+    raise _mismatch(params, spec, path, what, is_spec_leaf)
+  for (key, child), (_, spec_child) in zip(mine, theirs, strict=True):
+    _match(spec_child, child, path + tuple(key), out, what, is_spec_leaf)
 
 
 def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any],
@@ -165,34 +216,44 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   """The per-leaf values of a mask or layout spec, in the params' leaf order.
 
   `spec` is None (use `default(leaf)`), a single spec leaf for every parameter, a pytree of spec
-  leaves with the params' structure, or a callable params -> one of those. Wrappers such as
-  `optax.masked` and `optax.multi_transform` hand over params in which the leaves (or whole
-  subtrees) they leave out are `optax.MaskedNode`s; a spec for the whole params matches such a
-  tree, its values at those places being ignored (as optax's own `mask=` trees are).
+  leaves with the params' structure, or a callable params -> one of those. A spec tree matches
+  the params as optax matches a mask: it may be a prefix of the params (one value at a subtree
+  covers all its leaves); a None node in the params (Equinox's `eqx.filter(model,
+  eqx.is_array)` leaves None for every non-array field) holds no leaf, so the spec's None or
+  single value there is ignored; and wrappers such as `optax.masked` and `optax.multi_transform`
+  hand over params in which the leaves (or whole subtrees) they leave out are
+  `optax.MaskedNode`s, where likewise the spec's value is ignored.
   """
-  treedef: Any  # jax's PyTreeDef, whose stub the type checker cannot resolve.
-  leaves, treedef = jax.tree_util.tree_flatten(params)
+  leaves = jax.tree_util.tree_leaves(params)
   if callable(spec) and not is_spec_leaf(spec):
     spec = spec(params)
   if spec is None:
     return [default(x) for x in leaves]
-  if is_spec_leaf(spec):
-    return [spec] * len(leaves)
-  spec_leaves, spec_treedef = jax.tree_util.tree_flatten(spec, is_leaf=is_spec_leaf)
-  if spec_treedef == treedef:
-    return spec_leaves
-  with_masked: Any
-  places, with_masked = jax.tree_util.tree_flatten(params, is_leaf=_is_masked_node)
-  if any(_is_masked_node(p) for p in places):
-    try:
-      values = with_masked.flatten_up_to(spec)
-    except (ValueError, TypeError):
-      values = None
-    if values is not None:
-      kept = [v for v, p in zip(values, places, strict=True) if not _is_masked_node(p)]
-      if all(is_spec_leaf(v) for v in kept):
-        return kept
-  raise _mismatch(params, spec, what, is_spec_leaf)
+  values: list[Any] = []
+  _match(spec, params, (), values, what, is_spec_leaf)
+  return values
+
+
+def select(mask: MaskSpec, layout: LayoutSpec, tree: Any) -> tuple[list[Any], list[bool]]:
+  """Per leaf of `tree`: its `Layout` (None for the default) and whether `mask` selects it.
+
+  The mask sees each leaf as one layer (`one_layer`): the axes that the leaf's layout marks as
+  stacking layers do not count. Every route that decides what to orthogonalise (the
+  transformations, `orthax.muon`'s split from AdamW) goes through here, so that they agree.
+  """
+  treedef: Any  # jax's PyTreeDef, whose stub the type checker cannot resolve.
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  leaves = [x for _, x in flat]
+  layouts = resolve_tree(layout, tree, "layout", lambda _: None, is_layout_leaf)
+  for (path, _), value in zip(flat, layouts, strict=True):
+    if not is_layout_leaf(value):
+      raise ValueError(
+          f"The layout of {jax.tree_util.keystr(path)} is {value!r}; give each leaf an "
+          "orthax.Layout, or None for the default.")
+  layers = jax.tree_util.tree_unflatten(
+      treedef, [one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
+  chosen = resolve_tree(mask, layers, "mask", default_mask, is_mask_leaf)
+  return layouts, [bool(c) for c in chosen]
 
 
 def is_mask_leaf(x: Any) -> bool:
@@ -267,15 +328,12 @@ def matrix_views(tree: Any, mask: MaskSpec, layout: LayoutSpec
   do not count (`one_layer`). Raises a ValueError naming the leaf for a selected leaf that is not
   floating or whose layout does not fit it.
   """
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   paths, leaves = [jax.tree_util.keystr(p) for p, _ in flat], [x for _, x in flat]
-  layouts = resolve_tree(layout, tree, "layout", lambda _: None, is_layout_leaf)
-  layers = jax.tree_util.tree_unflatten(
-      treedef, [one_layer(x, lay) for x, lay in zip(leaves, layouts, strict=True)])
-  selected = resolve_tree(mask, layers, "mask", default_mask, is_mask_leaf)
+  layouts, selected = select(mask, layout, tree)
   views: list[MatrixView | None] = []
   for path, leaf, chosen, leaf_layout in zip(paths, leaves, selected, layouts, strict=True):
-    if not bool(chosen):
+    if not chosen:
       views.append(None)
       continue
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):

@@ -7,7 +7,13 @@ from typing import Any
 
 import jax
 
-from orthax._src.components import default_mask, map_with_path_names, path_matches
+from orthax._src.components import (
+    default_mask,
+    is_mask_leaf,
+    map_with_path_names,
+    path_matches,
+    resolve_tree,
+)
 
 Mask = Callable[[Any], Any]
 
@@ -31,6 +37,9 @@ def conv_kernels(params: Any) -> Any:
 def exclude(*patterns: str, base: Mask = kernels) -> Mask:
   """`base` (default `kernels`) minus the leaves whose path matches any of `patterns`.
 
+  `base` is a mask callable or tree as `mask=` takes it (a prefix tree, None nodes and
+  `optax.MaskedNode`s included); the result has the params' structure.
+
   A pattern matches a leaf when it equals one of the names on the leaf's path (e.g.
   `"Embed_0"`, `"head"`) or, as a shell glob, the whole path joined by `/` (e.g.
   `"decoder/*/kernel"`).
@@ -47,8 +56,10 @@ def exclude(*patterns: str, base: Mask = kernels) -> Mask:
         "orthax.masks.exclude('Embed_0', 'head').")
 
   def mask(params: Any) -> Any:
-    chosen = base(params)
-    excluded = map_with_path_names(lambda names, _: path_matches(names, patterns), params)
-    return jax.tree.map(lambda c, e: bool(c) and not e, chosen, excluded)
+    chosen = resolve_tree(base, params, "base mask", default_mask, is_mask_leaf)
+    excluded = jax.tree.leaves(
+        map_with_path_names(lambda names, _: path_matches(names, patterns), params))
+    return jax.tree.unflatten(jax.tree.structure(params), [
+        bool(c) and not e for c, e in zip(chosen, excluded, strict=True)])
 
   return mask

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from orthax._src.alias import keep_state_dtypes, one_layer_mask
 from orthax._src.attention import attention_layout
 from orthax._src.cautious import add_cautious_decayed_weights
-from orthax._src.components import default_mask, is_mask_leaf, resolve_tree
+from orthax._src.components import select
 from orthax._src.normuon import NeuronAxis, normalise_neurons
 from orthax._src.transform import Method, StepScale, orthogonalise_components
 from orthax._src.transformer_masks import hidden_matrices
@@ -37,7 +38,8 @@ def muon_momentum(
   Args:
     beta: decay rate of the average.
     nesterov: whether to look ahead as above.
-    mu_dtype: dtype of the stored momentum; default the params' dtypes.
+    mu_dtype: dtype of the stored momentum; default the params' dtypes. It stays so through
+      every update, whatever the gradients' dtype.
 
   Returns:
     An `optax.GradientTransformation` whose state is a `MuonMomentumState`.
@@ -59,18 +61,24 @@ def muon_momentum(
           optax.tree.bias_correction(updates, beta, count))
     else:
       mu_hat = optax.tree.bias_correction(mu, beta, count)
-    return mu_hat, MuonMomentumState(count=count, mu=optax.tree.cast(mu, mu_dtype))
+    # The stored dtypes stay init's (mu_dtype, else the params'): float32 gradients must not
+    # promote a bfloat16 momentum (a second compilation, twice the memory).
+    mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu)
+    return mu_hat, MuonMomentumState(count=count, mu=mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _labels(mask: Any) -> Any:
-  """params -> tree of 'orthogonal' / 'adam' labels from a mask (bools, one bool or callable)."""
+def _labels(mask: Any, layout: Any) -> Any:
+  """params -> tree of 'orthogonal' / 'adam' labels from a mask (bools, one bool or callable).
+
+  The mask sees each leaf as one layer under `layout`, as `orthogonalise_components` does.
+  """
 
   def labels(params):
-    chosen = resolve_tree(mask, params, "mask", default_mask, is_mask_leaf)
+    chosen = select(mask, layout, params)[1]
     return jax.tree.unflatten(jax.tree.structure(params),
-                              ["orthogonal" if bool(c) else "adam" for c in chosen])
+                              ["orthogonal" if c else "adam" for c in chosen])
 
   return labels
 
@@ -137,16 +145,20 @@ def muon(
     mask: which leaves are orthogonalised; the rest go to AdamW. A pytree of bools, one bool or a
       callable params -> such a tree. Default `orthax.masks.hidden_matrices()`: every `kernel`
       except the output head's, Muon's practice (to match `optax.contrib.muon`'s default of every
-      2-D leaf, pass `mask=lambda p: jax.tree.map(lambda x: x.ndim == 2, p)`).
+      2-D leaf, pass `mask=lambda p: jax.tree.map(lambda x: x.ndim == 2, p)`). As in
+      `orthax.orthogonalise_components`, the mask sees each leaf as one layer (without the axes
+      that `layout` marks as a layer stack), so a scanned model splits as the same model unrolled.
     layout: how the orthogonalised leaves are viewed as matrices, as in
       `orthax.orthogonalise_components`. Default `orthax.attention_layout("whole")`: attention
       projections whole, as Muon, every other leaf `Layout()`. Layer stacks (`nn.scan`) other
       than attention kernels need `Layout(batch=0)`, e.g. through
-      `orthax.attention_layout("whole", base=orthax.layout_by_path(...))`.
+      `orthax.attention_layout("whole", base=orthax.layout_by_path(...))`; without it orthax
+      assumes each leaf is one layer (a stacked (layers, in, out) kernel is one matrix).
     step_scale: as in `orthax.orthogonalise_components`; default Muon's `"muon"`,
       sqrt(max(1, N / P)) (fan-out over fan-in); `"rms"` is optax's `consistent_rms=0.2`.
     weight_decay: decoupled weight decay of the orthogonalised leaves, times the learning rate.
-    weight_decay_mask: as in `optax.add_decayed_weights`, for those leaves.
+    weight_decay_mask: as in `optax.add_decayed_weights`, for those leaves; a callable or tree
+      sees each leaf as one layer under `layout`, as `mask` does.
     mu_dtype: dtype of both branches' first moments.
     eps: AdamW's epsilon.
     adam_b1, adam_b2, adam_eps_root, adam_weight_decay: AdamW's, for the leaves left out.
@@ -202,7 +214,7 @@ def muon(
         learning_rate=adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=eps,
         eps_root=adam_eps_root, weight_decay=adam_weight_decay, mu_dtype=mu_dtype,
         nesterov=nesterov)
-  return optax.partition(
+  return keep_state_dtypes(optax.partition(
       {
           "orthogonal": optax.chain(
               muon_momentum(beta, nesterov=nesterov, mu_dtype=mu_dtype),
@@ -212,10 +224,10 @@ def muon(
                   compute_dtype=jnp.float32 if compute_dtype is None else compute_dtype,
                   mesh=mesh),
               *normuon,
-              decay(weight_decay, weight_decay_mask),
+              decay(weight_decay, one_layer_mask(weight_decay_mask, layout)),
               optax.scale_by_learning_rate(learning_rate),
           ),
           "adam": adam,
       },
-      _labels(mask),
-  )
+      _labels(mask, layout),
+  ))

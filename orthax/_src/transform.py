@@ -229,14 +229,16 @@ def orthogonalise_components(
       gradient's own dtype and `compute_dtype`; any other gets the stack cast to at least
       `compute_dtype`. Either way it never sees a matrix with a non-finite entry: that matrix's
       update is all NaN.
-    mask: which leaves to orthogonalise: a pytree of bools with the params' structure, a single
-      bool, or a callable params -> such a tree (see `orthax.masks`). Default: every floating
+    mask: which leaves to orthogonalise: a pytree of bools with the params' structure (or a
+      prefix of it, as optax's masks; None nodes in the params hold no leaf), a single bool, or a
+      callable params -> such a tree (see `orthax.masks`). Default: every floating
       leaf with two or more dimensions, the authors' rule. Both count a leaf's dimensions
       without its layout's batch axes: a callable mask is given each stacked leaf as one layer
       (a `jax.ShapeDtypeStruct`), so an `nn.scan`-stacked bias stays a bias.
     layout: how a leaf is viewed as matrices: an `orthax.Layout` for all leaves, a pytree of
       `Layout` (or None for the default) with the params' structure, or a callable params ->
-      such a tree. Default `Layout()`: the last axis indexes components.
+      such a tree. Default `Layout()`: the last axis indexes components, and every leaf is one
+      layer (a bare stacked array does not say which axis is the stack).
     rtol: shorthand for the named method's `rtol` (exact methods only): singular values at or
       below `rtol * max(S)` are dropped (rank-aware update). Default None drops only what
       round-off can explain (`orthax.polar.default_rtol`): the numerical null space, and for
