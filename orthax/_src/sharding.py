@@ -217,8 +217,8 @@ def distribute(
   that decomposes it; the results are resharded back to `specs` (one per stack; default
   replicated) and put back in order. From stacks sharded along P or N (see `stack_spec`), both
   reshardings are all-to-alls: each matrix's shards go to its device, and its result's shards
-  come back. From replicated stacks, each device takes its matrices locally and the results are
-  gathered to every device. Without this, every device decomposes every matrix.
+  come back. From a replicated stack, each device takes its matrices locally and the results
+  are gathered to every device. Without this, every device decomposes every matrix.
 
   One program serves every device: it reads its slots' occupancy from a table by its device
   index, so the program does not grow with the mesh. Per group, the slots that every device
@@ -240,13 +240,18 @@ def distribute(
     # indices[g][d, j]: the matrix in device d's slot j of group g; -1 where that slot is empty.
     indices = [np.array([row[g] + [-1] * (slots[g] - len(row[g])) for row in table], np.int32)
                for g in range(len(stacks))]
-    dealt = [_put(_rows(x, mine.reshape(-1).tolist()), mesh, shards)
-             for x, mine in zip(stacks, indices, strict=True)]
+    # A replicated stack goes in whole (each device picks its slots by index, with no
+    # transfer); any other, in device order and resharded along its matrix axis.
+    whole = [not any(t) for t in targets]
+    dealt = [x if w else _put(_rows(x, mine.reshape(-1).tolist()), mesh, shards)
+             for x, mine, w in zip(stacks, indices, whole, strict=True)]
 
     def per_device(xs: list[Array]) -> list[Array]:
       device = jax.lax.axis_index(axes)
       out = []
-      for x, mine, filled in zip(xs, indices, full, strict=True):
+      for x, mine, filled, w in zip(xs, indices, full, whole, strict=True):
+        if w:
+          x = x[jnp.maximum(jnp.asarray(mine)[device], 0)]
         parts = [matrix_fn(x[:filled])] if filled else []
         if x.shape[0] > filled:
           present = jnp.asarray(mine)[device, filled:] >= 0
@@ -256,7 +261,8 @@ def distribute(
         out.append(jnp.concatenate(parts) if len(parts) > 1 else parts[0])
       return out
 
-    parts = jax.shard_map(per_device, mesh=mesh, in_specs=shards, out_specs=shards)(dealt)
+    parts = jax.shard_map(per_device, mesh=mesh, out_specs=shards,
+                          in_specs=([PartitionSpec() if w else shards for w in whole],))(dealt)
     results = []
     for g, part in enumerate(parts):
       where = np.empty(stacks[g].shape[0], np.int32)
