@@ -38,7 +38,7 @@ def test_lm_gradients_smoke(tmp_path, capsys):
   assert "AdamW's training step" in table
 
 
-@pytest.mark.slow  # 67 s on the shared 2-core machine (load average about 30)
+@pytest.mark.slow  # 35 s (22 s of CPU) to 67 s on the shared 2-core machine
 def test_communication_smoke(tmp_path):
   """benchmarks.communication on 8 simulated devices (a fresh jax process), smallest tree: the
   counts that docs/multihost.md quotes hold in its JSON."""
