@@ -67,16 +67,21 @@ def parser(description: str) -> argparse.ArgumentParser:
   return p
 
 
-def write(name: str, rows: list[dict], out: pathlib.Path, notes: str = "") -> str:
-  """Writes rows as name.json and name.md under out; returns the markdown."""
+def write(name: str, rows: list[dict], out: pathlib.Path, notes: str = "",
+          command: str | None = None) -> str:
+  """Writes rows as name.json and name.md under out (with the command, if given); returns the
+  markdown."""
   env = environment()
   out.mkdir(parents=True, exist_ok=True)
-  (out / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+  record = {"environment": env, **({"command": command} if command else {}), "rows": rows}
+  (out / f"{name}.json").write_text(json.dumps(record, indent=1))
   columns = list(rows[0]) if rows else []
   lines = [f"| {' | '.join(columns)} |", f"| {' | '.join('---' for _ in columns)} |"]
   for row in rows:
     lines.append("| " + " | ".join(_format(row[c]) for c in columns) + " |")
   text = "\n".join(lines) + f"\n\n{env['device']}; {env['host']}; jax {env['jax']}; {env['date']}\n"
+  if command:
+    text += f"Command: `{command}`\n"
   if notes:
     text += notes + "\n"
   (out / f"{name}.md").write_text(text)

@@ -1,8 +1,16 @@
 """Every benchmark runs end to end on its smallest sizes, so none rots (no timings checked)."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks import suite
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 NAMES = ["matrix_methods", "tree_update", "train_step", "compile_time", "eigh_fallback",
          "gram_iterations", "distributed"]
@@ -45,3 +53,32 @@ def test_exact_structure_smoke(tmp_path):
   assert "gesvd" not in by["cuda", "qdwh"]["targets"]
   assert "potrf" in by["cuda", "qdwh"]["targets"]
   assert by["cuda", "qdwh"]["while loops"] == 0
+
+
+@pytest.mark.slow  # 35 s (22 s of CPU) to 67 s on the shared 2-core machine
+def test_communication_smoke(tmp_path):
+  """benchmarks.communication on 8 simulated devices (a fresh jax process), smallest tree: the
+  counts that docs/multihost.md quotes hold in its JSON."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "PYTHONPATH": str(ROOT)}
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.communication", "--smoke", "--out", str(tmp_path)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  data = json.loads((tmp_path / "communication.json").read_text())
+  assert data["environment"]["device"] == "cpu: cpu x8" and data["environment"]["jax"]
+  assert "benchmarks.communication" in data["command"]
+  rows = {(r["axes"], r["update"]): r for r in data["rows"]}
+  for axes in ("auto", "explicit"):
+    bound = rows[(axes, "lower bound (one owner per matrix)")]["MB / device"]
+    default = rows[(axes, "orthax svd (default)")]
+    assert default["all-gather"] == default["collectives"] == 48  # one per kernel
+    assert default["MB / device"] == pytest.approx(4 * bound)  # each device gathers 7/8 of all
+    split = rows[(axes, "orthax svd, mesh=")]
+    assert split["collectives"] < rows[("auto", "optax.contrib.muon")]["collectives"]
+  # Explicit axes: each matrix to its device and back, two all-to-alls per shape group.
+  split = rows[("explicit", "orthax svd, mesh=")]
+  assert split["all-to-all"] == split["collectives"] == 6
+  baseline = rows[("explicit", "stack-axis resharding (MaxText)")]
+  assert split["collectives"] <= baseline["collectives"]
+  assert split["MB / device"] <= 1.2 * bound

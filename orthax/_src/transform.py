@@ -85,9 +85,9 @@ def _component_transform(
 
   guarded = _finite_only(fn) if guard else fn
 
-  apply: Callable[[list[Array]], list[Array]]
+  apply: Callable[..., list[Array]]
   if mesh is None:
-    apply = lambda stacks: [guarded(x) for x in stacks]  # noqa: E731
+    apply = lambda stacks, specs: [guarded(x) for x in stacks]  # noqa: E731
   else:
     apply = sharding_lib.distribute(guarded, mesh)
 
@@ -117,20 +117,23 @@ def _component_transform(
       groups.setdefault((view.shape[1:], jnp.dtype(leaves[i].dtype)), []).append(i)
     out = list(leaves)
     stacks = []
+    specs = []
     for (_, dtype), members in groups.items():
-      parts = [views[i].matrices(sharding_lib.gather(leaves[i])).astype(stack_dtype(dtype))
-               for i in members]
+      specs.append(sharding_lib.stack_spec([(leaves[i], views[i]) for i in members], mesh))
+      parts = [sharding_lib.matrices(leaves[i], views[i], specs[-1], mesh)
+               .astype(stack_dtype(dtype)) for i in members]
       stacks.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
       if check_shapes:
         check(stacks[-1], [paths[i] for i in members])
-    for key, result in zip(groups, apply(stacks), strict=True):
+    for key, spec, result in zip(groups, specs, apply(stacks, specs), strict=True):
       (p, n), _ = key
       if step_scale is not None:
         result = result * step_scale(p, n)
       members = groups[key]
       sizes = [views[i].shape[0] for i in members]
       for i, part in zip(members, jnp.split(result, np.cumsum(sizes)[:-1]), strict=True):
-        out[i] = sharding_lib.like(views[i].restore(part).astype(leaves[i].dtype), leaves[i])
+        update = sharding_lib.restore(part, views[i], leaves[i].shape, spec, mesh)
+        out[i] = sharding_lib.like(update.astype(leaves[i].dtype), leaves[i])
     return jax.tree_util.tree_unflatten(treedef, out), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -255,9 +258,14 @@ def orthogonalise_components(
     mesh: a `jax.sharding.Mesh` to split the work over. Default None: under `jax.jit` on a mesh
       every device decomposes every matrix (each needs whole matrices: sharded gradients are
       gathered first). With a mesh, each shape group's matrices are divided among all of the
-      mesh's devices, each device decomposes its share, and the results are gathered back: the
-      same values for about 1 / devices of the decomposition work per device. Either way each
-      update has its gradient's sharding, on meshes of automatic and of explicit axes.
+      mesh's devices, each device decomposes its share, and the results are sent back: the
+      same values for about 1 / devices of the decomposition work per device. On a mesh of
+      explicit axes each matrix travels whole to its device once and its result's shards come
+      back (all-to-alls of the shape group's stack, when its leaves are sharded along a leading
+      axis that the devices divide evenly). Under automatic axes, whose traced types do not
+      carry shardings, gradients are gathered to every device first and results gathered back.
+      Either way each update has its gradient's sharding, on meshes of automatic and of
+      explicit axes.
 
   Returns:
     A stateless `optax.GradientTransformation`.
