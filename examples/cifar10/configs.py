@@ -66,12 +66,6 @@ class Config(Comparison):
   checkpoint: bool = setting(True, "--no-checkpoint: no checkpoints (and no resuming)")
   workdir: str | None = setting(None, "where the runs go", unset="runs/compare/<model>-<time>")
 
-  @property
-  def seed(self) -> int:
-    """The seed of a one-run config."""
-    (seed,) = self.seeds
-    return seed
-
 
 PROTOCOL = Config(epochs=100, batch_size=1024, learning_rate=1e-2, momentum=0.9,
                   weight_decay=5e-4, schedule="constant")

@@ -38,13 +38,20 @@ from typing import Any
 
 
 class Comparison:
-  """For config dataclasses with `optimizers`: one run of the comparison is a config with one."""
+  """For config dataclasses with `optimizers` and `seeds`: one run of the comparison is a config
+  with one of each."""
 
   @property
   def optimizer(self) -> str:
     """The optimiser of a one-run config (see `run`)."""
     (name,) = self.optimizers
     return name
+
+  @property
+  def seed(self) -> int:
+    """The seed of a one-run config."""
+    (seed,) = self.seeds
+    return seed
 
   def run(self, optimizer: str, **changes: Any) -> Any:
     """The one-run config of `optimizer`, with `changes`."""
