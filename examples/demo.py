@@ -42,12 +42,7 @@ def parse_args(argv: list[str] | None) -> configs.Config:
 
 def main(argv: list[str] | None = None) -> int:
   config = parse_args(argv)
-  try:
-    cifar10.compare(config, plot_name="demo.png")
-  except cifar_data.DataNotFoundError as error:
-    print(error, file=sys.stderr)
-    return 2
-  return 0
+  return config_lib.exit_code(lambda: cifar10.compare(config, plot_name="demo.png"))
 
 
 if __name__ == "__main__":

@@ -84,13 +84,8 @@ def main(argv: list[str] | None = None, *, backbone: nn.Module | None = None) ->
       if name not in lars.OPTIMIZERS:
         parser.error(f"unknown optimiser {name!r}; choose from {', '.join(lars.OPTIMIZERS)}")
   command = "python -m examples.barlow_twins.main " + shlex.join(argv)
-  try:
-    for config in runs:
-      compare(config, backbone=backbone, command=command)
-  except cifar_data.DataNotFoundError as error:
-    print(error, file=sys.stderr)
-    return 2
-  return 0
+  return config_lib.exit_code(
+      lambda: [compare(config, backbone=backbone, command=command) for config in runs])
 
 
 if __name__ == "__main__":

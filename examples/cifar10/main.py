@@ -78,15 +78,14 @@ def main(argv: list[str] | None = None) -> int:
       check(config)
     except ValueError as error:
       parser.error(str(error))
-  try:
+
+  def run_all() -> None:
     for config in runs:
       if args.config:
         print(f"== {args.config}: {config.model} in {config.workdir}")
       compare(config)
-  except cifar_data.DataNotFoundError as error:
-    print(error, file=sys.stderr)
-    return 2
-  return 0
+
+  return config_lib.exit_code(run_all)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -195,6 +196,17 @@ def command_line(
   except ValueError as error:  # a preset's own flags missing or wrong: a usage error
     parser.error(str(error))
   return parser, args, configs
+
+
+def exit_code(run: Callable[[], object]) -> int:
+  """0 after `run()`; 2, with the message on stderr, when it raises FileNotFoundError (a data set
+  that is not there: the examples' messages say how to point at one)."""
+  try:
+    run()
+  except FileNotFoundError as error:
+    print(error, file=sys.stderr)
+    return 2
+  return 0
 
 
 def json_values(config: Any) -> dict[str, Any]:

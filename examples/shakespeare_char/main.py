@@ -227,17 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     train.check(config)
   except ValueError as error:
     parser.error(str(error))
-  try:
+
+  def run() -> None:
     if args.time_only:
       corpus = data.load(config.data, synthetic=config.synthetic)
       print(timing_table(config, corpus, args.time_steps or 20))
       print(setting_line(config, corpus))
-      return 0
-    compare(config, sweep=args.config == "sweep", time_steps=args.time_steps)
-  except FileNotFoundError as error:
-    print(error, file=sys.stderr)
-    return 2
-  return 0
+    else:
+      compare(config, sweep=args.config == "sweep", time_steps=args.time_steps)
+
+  return config_lib.exit_code(run)
 
 
 if __name__ == "__main__":
