@@ -239,6 +239,7 @@ def test_pretraining_end_to_end(compared):
     (run,) = results["results"][name]
     assert run["seed"] == 0 and run["epoch"] == [1, 2]
     assert all(np.isfinite(loss) and loss > 0 for loss in run["train_loss"])
+    assert run["train_loss"][1] < run["train_loss"][0]  # it learns (35.7 -> 31.5 here)
     assert all(0 <= a <= 1 for a in run["knn_accuracy"])
     assert run["probe_test_accuracy"][0] is None and 0 <= run["probe_test_accuracy"][1] <= 1
     assert (compared / name / "seed0" / "metrics.jsonl").is_file()

@@ -37,6 +37,8 @@ def test_main_end_to_end_on_synthetic_data(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / name / "seed0"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2] and results[name][0]["epoch"] == [1, 2]
+    # It learns: SGDM 1.660 -> 1.642 here, 1e4 times float32 round-off on a mean of 64 losses.
+    assert records[1]["train_loss"] < records[0]["train_loss"]
     for r in records:
       assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
       assert 0 <= r["val_accuracy"] <= 1 and r["learning_rate"] == 1e-2
