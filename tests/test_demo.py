@@ -94,3 +94,40 @@ def test_help_shows_each_default_once(capsys):
     assert "where the runs go (default: runs/demo)" in help_text
     assert "runs/compare" not in help_text
     assert "cifar10_jpeg.npz" in help_text and "cifar-10-python.tar.gz" in help_text
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """(example, arguments) of every `python -m examples.<name>.main ...` command in the examples'
+    READMEs, continuation lines joined and comments dropped."""
+    import re
+    import shlex
+
+    commands = []
+    for readme in sorted((Path(__file__).resolve().parents[1] / "examples").glob("**/README.md")):
+        text = readme.read_text().replace("\\\n", " ")
+        for match in re.finditer(r"python -m examples\.(\w+)\.main([^\n`]*)", text):
+            argv = shlex.split(match.group(2), comments=True)
+            if not {"NAME", "..."} & set(argv):  # templates, not commands
+                commands.append((match.group(1), argv))
+    return commands
+
+
+def test_every_readme_command_parses():
+    """The commands the READMEs print name an example's main.py and only flags it has (the
+    presets are replaced by ones that read no files)."""
+    from examples.barlow_twins import configs as barlow
+    from examples.cifar10 import configs as cifar
+    from examples.imagenet import configs as imagenet
+    from examples.lib import config as config_lib
+    from examples.shakespeare_char import configs as lm
+    from examples.shakespeare_char import main as lm_main
+
+    examples = {"cifar10": (cifar, None), "imagenet": (imagenet, None),
+                "barlow_twins": (barlow, None), "shakespeare_char": (lm, lm_main.add_flags)}
+    commands = readme_commands()
+    assert {name for name, _ in commands} == set(examples)
+    for name, argv in commands:
+        module, extra = examples[name]
+        presets = {preset: lambda flags, args, m=module: config_lib.lay([m.Config()], flags)
+                   for preset in module.CONFIGS}
+        config_lib.command_line(module.Config, presets, argv, None, extra_flags=extra)
