@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lm_args = LM_SMOKE if args.smoke else (
         ["--optimizers", LM_OPTIMIZERS, "--seeds", "0"]
         + ([] if args.lm_data is None else ["--data", str(args.lm_data)]))
-    command = [sys.executable, "-m", "examples.shakespeare_char.compare", *lm_args,
+    command = [sys.executable, "-m", "examples.shakespeare_char.main", *lm_args,
                "--workdir", str(args.runs / "lm")]
     if timeout <= 0:
       record("lm", "skipped (no budget left)", began)
@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     protocol = TABLE1_SMOKE if args.smoke else TABLE1_PROTOCOL
     data = [] if args.smoke or args.data is None else ["--data", str(args.data)]
     commands = {
-        name: [sys.executable, "-m", "examples.cifar10.compare", *protocol, *data,
+        name: [sys.executable, "-m", "examples.cifar10.main", *protocol, *data,
                "--optimizers", name, "--workdir", str(args.runs / name)]
         for name in PAPER_TABLE1_RESNET20}
     # The compilation cache makes a resumed run start at once; nothing here times compiles.

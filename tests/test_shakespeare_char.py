@@ -1,4 +1,4 @@
-"""Tests of the character-level GPT example: data, model, optimisers by name, training, compare.
+"""Tests of the character-level GPT example: data, model, optimisers by name, training, main.
 
 A tiny GPT (1 layer, width 16, 2 heads, context 16) on the synthetic corpus keeps each compile
 to seconds on a 2-core CPU; the loader test reads the local Tiny Shakespeare copy when present.
@@ -16,8 +16,10 @@ import optax
 import pytest
 from flax import nnx
 
+from examples.lib import compare as compare_lib
+from examples.lib import config as config_lib
 from examples.lib import download, optimizers
-from examples.shakespeare_char import compare, configs, data, train
+from examples.shakespeare_char import configs, data, main, train
 from examples.shakespeare_char.model import GPT
 
 pytestmark = pytest.mark.examples
@@ -156,7 +158,7 @@ def test_bad_settings_are_refused_before_training():
 def comparison(tmp_path_factory, corpus):
   workdir = tmp_path_factory.mktemp("lm")
   config = dataclasses.replace(TINY, workdir=str(workdir))
-  return workdir, compare.compare(config, corpus, time_steps=2)
+  return workdir, main.compare(config, corpus, time_steps=2)
 
 
 def test_compare_trains_every_optimizer_and_seed_on_the_same_batches(comparison):
@@ -184,14 +186,14 @@ def test_a_finished_run_is_read_back_not_retrained(comparison, corpus, monkeypat
 
   monkeypatch.setattr(train, "Run", refuse)
   config = dataclasses.replace(TINY, workdir=str(workdir), sample_chars=0)
-  again = compare.run_all(config, corpus, workdir)
+  again = main.run_all(config, corpus, workdir)
   assert again == summary["results"]
   with pytest.raises(AssertionError, match="trained again"):  # other settings: a new run
-    compare.run_all(dataclasses.replace(config, steps=7), corpus, workdir)
+    main.run_all(dataclasses.replace(config, steps=7), corpus, workdir)
 
 
 def test_one_step_lowers_the_loss_on_its_batch(corpus):
-  config = train.run_config(TINY, "adamw@lr=0.01", 0)
+  config = compare_lib.run_config(TINY, "adamw@lr=0.01", 0)
   run = train.Run(dataclasses.replace(config, warmup_steps=0), corpus, 0)
   inputs, targets = data.random_windows(run.ids, jax.random.fold_in(run.key, 0), 4, 16)
   before = train.eval_loss(run.params, inputs, targets, graphdef=run.graphdef)
@@ -201,9 +203,9 @@ def test_one_step_lowers_the_loss_on_its_batch(corpus):
 
 def test_steps_to_interpolates_between_evaluations():
   history = {"eval_steps": [0, 100, 200], "val_loss": [4.0, 3.0, 2.0]}
-  assert compare.steps_to(history, 2.5) == pytest.approx(150.0)
-  assert compare.steps_to(history, 3.0) == pytest.approx(100.0)
-  assert compare.steps_to(history, 1.9) is None
+  assert main.steps_to(history, 2.5) == pytest.approx(150.0)
+  assert main.steps_to(history, 3.0) == pytest.approx(100.0)
+  assert main.steps_to(history, 1.9) is None
 
 
 def test_sweep_table_picks_the_lowest_final_loss_and_counts_divergence_as_worst():
@@ -212,7 +214,7 @@ def test_sweep_table_picks_the_lowest_final_loss_and_counts_divergence_as_worst(
 
   results = {"adamw@lr=0.001": runs(2.0), "adamw@lr=0.002": runs(1.9),
              "adamw@lr=0.004": runs(float("nan")), "muon@lr=0.02": runs(1.7)}
-  table, best = compare.sweep_table(TINY, results)
+  table, best = main.sweep_table(TINY, results)
   assert best == {"adamw": 0.002, "muon": 0.02}
   assert "**0.002: 1.900**" in table
 
@@ -229,18 +231,34 @@ def test_presets():
 
 
 def test_command_line(tmp_path, capsys):
-  code = compare.main(["--synthetic", "--optimizers", "adamw", "--steps", "4", "--warmup-steps",
+  code = main.main(["--synthetic", "--optimizers", "adamw", "--steps", "4", "--warmup-steps",
                        "1", "--batch-size", "2", "--context", "8", "--layers", "1", "--width",
                        "8", "--heads", "2", "--eval-every", "2", "--eval-windows", "4",
                        "--time-steps", "0", "--sample-chars", "5", "--workdir", str(tmp_path)])
   assert code == 0
   out = capsys.readouterr().out
   assert "| adamw | 0.001 |" in out and "sample from adamw" in out
-  with pytest.raises(SystemExit):
-    compare.main(["--preset", "finals"])  # needs --best-lrs
-  code = compare.main(["--synthetic", "--optimizers", "adamw,muon", "--time-only",
+  with pytest.raises(SystemExit) as exit_:
+    main.main(["--config", "finals"])  # needs --best-lrs
+  assert exit_.value.code == 2 and "--best-lrs" in capsys.readouterr().err
+  best = tmp_path / "best_lrs.json"
+  best.write_text(json.dumps({"adamw": 0.002}))
+  _, _, (finals,) = config_lib.command_line(
+      configs.Config, configs.CONFIGS, ["--config", "finals", "--best-lrs", str(best),
+                                        "--steps", "10"], None, extra_flags=main.add_flags)
+  assert finals.optimizers == ("adamw@lr=0.002",) and finals.steps == 10
+  code = main.main(["--synthetic", "--optimizers", "adamw,muon", "--time-only",
                        "--time-steps", "1", "--context", "8", "--layers", "1", "--width", "8",
                        "--heads", "2"])
   assert code == 0
   out = capsys.readouterr().out
   assert "| adamw |" in out and "| muon |" in out and "1.00x" in out and "GFLOP/s" in out
+
+
+def test_runs_of_one_setting_share_one_compiled_step(corpus):
+  """The compile cache belongs to the comparison (no module state): two seeds of a setting
+  compile once, into the cache they were given."""
+  config = compare_lib.run_config(TINY, "adamw", 0)
+  cache = train.StepCache()
+  first, second = train.Run(config, corpus, 0, cache), train.Run(config, corpus, 1, cache)
+  assert first.compiled_step is second.compiled_step and len(cache.entries) == 1

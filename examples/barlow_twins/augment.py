@@ -26,6 +26,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from examples.lib.data import normalise
 
@@ -35,7 +36,10 @@ JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
 JITTER_P, GRAYSCALE_P = 0.8, 0.2
 SOLARISE_P = (0.0, 0.2)  # view 1, view 2
 LUMA = jnp.array([0.299, 0.587, 0.114])  # ITU-R 601, as torchvision's rgb_to_grayscale
-RGB_TO_YIQ = jnp.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+# Inverted once here: inside the step, jnp.linalg.inv is an LU solve (cuSOLVER getrf) every step.
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ).astype(np.float32)
+RGB_TO_YIQ = RGB_TO_YIQ.astype(np.float32)
 
 
 def random_resized_crop(images: jax.Array, key: jax.Array, size: int) -> jax.Array:
@@ -84,7 +88,7 @@ def rotate_hue(images: jax.Array, turns: jax.Array) -> jax.Array:
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   i = yiq[..., 1] * cos - yiq[..., 2] * sin
   q = yiq[..., 1] * sin + yiq[..., 2] * cos
-  rgb = jnp.stack([yiq[..., 0], i, q], axis=-1) @ jnp.linalg.inv(RGB_TO_YIQ).T
+  rgb = jnp.stack([yiq[..., 0], i, q], axis=-1) @ YIQ_TO_RGB.T
   return jnp.clip(rgb, 0.0, 1.0)
 
 

@@ -1,96 +1,91 @@
-"""Barlow Twins on CIFAR-10: LARS against Orthogonal LARS, same seed, data and augmentations.
+"""Barlow Twins on CIFAR-10: LARS against Orthogonal LARS, same seeds, data and augmentations.
 
     python -m examples.barlow_twins.main --epochs 100                         # both optimisers
+    python -m examples.barlow_twins.main --config fig7 --workdir runs/fig7    # the paper's run
     python -m examples.barlow_twins.main --optimizers orthogonal-lars --backbone resnet18 ...
 
-Each optimiser pretrains in `<workdir>/<optimiser>/` (metrics.jsonl, config.json, checkpoints;
-rerunning the command resumes), then its frozen backbone is evaluated: k-NN and linear probe on
-the CIFAR-10 test set. Writes `results.json` and `loss.png` (the Barlow Twins loss per epoch, as
-the paper's Fig. 7) to the workdir and prints a markdown table.
+Each optimiser and seed pretrains in `<workdir>/<optimiser>/seed<k>/` (metrics.jsonl,
+config.json, checkpoints; rerunning the command resumes), then its frozen backbone is evaluated:
+k-NN and linear probe on the CIFAR-10 test set. Writes `results.json` and `loss.png` (the Barlow
+Twins loss per step, as the paper's Fig. 7) to the workdir and prints a markdown table.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import shlex
 import sys
 from pathlib import Path
 
 import flax.linen as nn
-import jax
 import numpy as np
 
-from examples.barlow_twins import lars, train
+from examples.barlow_twins import configs, lars, train
+from examples.barlow_twins.configs import Config
 from examples.lib import cifar10 as cifar_data
+from examples.lib import compare as compare_lib
 from examples.lib import config as config_lib
 
 
-def plot(results: dict[str, list[dict]], path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-  for name, records in results.items():
-    losses = [loss for r in records for loss in r["train_loss_steps"]]
-    epochs = (np.arange(len(losses)) + 1) / len(records[0]["train_loss_steps"])
-    ax.plot(epochs, losses, linewidth=1,
-            label=name.replace("lars", "LARS").replace("orthogonal-", "Orthogonal "))
-  ax.set(xlabel="epoch", ylabel="Barlow Twins loss (train batch)", yscale="log")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+def steps_losses(run: dict) -> tuple[np.ndarray, np.ndarray]:
+  """Every step's loss against its epoch (fractional)."""
+  losses = [loss for epoch in run["train_loss_steps"] for loss in epoch]
+  return (np.arange(len(losses)) + 1) / len(run["train_loss_steps"][0]), np.asarray(losses)
 
 
-def results_table(results: dict[str, list[dict]]) -> str:
-  lines = ["| optimiser | epochs | final train loss | k-NN test accuracy | linear probe test "
-           "accuracy | step time | wall time |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-  for name, records in results.items():
-    last = records[-1]
-    probe = last.get("probe_test_accuracy")
-    probe_cell = "-" if probe is None else f"{100 * probe:.2f} %"
-    lines.append(
-        f"| {name} | {last['epoch']} | {last['train_loss']:.1f} | "
-        f"{100 * last['knn_accuracy']:.2f} % | {probe_cell} | "
-        f"{sum(r['step_ms'] for r in records) / len(records):.0f} ms | "
-        f"{sum(r['epoch_s'] for r in records):.0f} s |")
-  return "\n".join(lines)
+PANELS = (compare_lib.Panel("Barlow Twins loss", "epoch", "Barlow Twins loss (train batch)",
+                            steps_losses, yscale="log"),)
+
+
+def last(key: str, header: str) -> compare_lib.Column:
+  """The last epoch's accuracy `key` (k-NN, probe), mean ± std over seeds; `-` if not evaluated."""
+
+  def cell(label: str, runs: list[dict]) -> str:
+    values = [r[key][-1] if key in r else None for r in runs]
+    return "-" if None in values else compare_lib.mean_std(values, ".2f", 100) + " %"
+
+  return compare_lib.Column(header, cell)
+
+
+COLUMNS = (
+    compare_lib.Column("epochs", lambda label, runs: str(runs[0]["epoch"][-1])),
+    compare_lib.final("train_loss", "final train loss", ".1f"),
+    last("knn_accuracy", "k-NN test accuracy"),
+    last("probe_test_accuracy", "linear probe test accuracy"),
+    compare_lib.run_total("mean_step_ms", "step time (ms)", ".0f"),
+    compare_lib.run_total("wall_s", "wall time (s)", ".0f"),
+)
+
+
+def compare(config: Config, dataset: cifar_data.Dataset | None = None, *,
+            backbone: nn.Module | None = None, command: str = "") -> dict:
+  """Pretrains with each optimiser and seed of `config`; prints and saves the table, plot and
+  results.json (which returns). `backbone` replaces the network `config.backbone` names."""
+  dataset = dataset or train.load_dataset(config)
+  workdir = Path(config.workdir or compare_lib.default_workdir("runs/barlow_twins"))
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  def pretrain(run: Config, run_dir: Path) -> dict:
+    return compare_lib.history(train.pretrain(run, run_dir, dataset, backbone=backbone))
+
+  results = compare_lib.run_comparison(config, workdir, pretrain)
+  setting = (f"{len(dataset.train.labels)} training images of {dataset.source}, "
+             f"{len(dataset.test.labels)} test images; {compare_lib.device_line()}")
+  return compare_lib.report(
+      config, results, workdir, table=compare_lib.results_table(results, COLUMNS),
+      setting=setting, panels=PANELS, plot_name="loss.png", command=command)
 
 
 def main(argv: list[str] | None = None, *, backbone: nn.Module | None = None) -> int:
   """The command line; `backbone` replaces the network --backbone names (for tests)."""
   argv = sys.argv[1:] if argv is None else argv
-  parser = config_lib.make_parser(train.Config, __doc__)
-  config = config_lib.parse(train.Config, argv, parser=parser)
-  for name in config.optimizers:
-    if name not in lars.OPTIMIZERS:
-      parser.error(f"unknown optimiser {name!r}; choose from {', '.join(lars.OPTIMIZERS)}")
-  time_tag = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  workdir = Path(config.workdir or f"runs/barlow_twins/{time_tag}")
-  try:
-    dataset = train.load_dataset(config)
-  except cifar_data.DataNotFoundError as error:
-    print(error, file=sys.stderr)
-    return 2
-  results = {name: train.pretrain(config.run(name), workdir / name, dataset,
-                                  backbone=backbone)
-             for name in config.optimizers}
+  parser, _, runs = config_lib.command_line(Config, configs.CONFIGS, argv, __doc__)
+  for config in runs:
+    for name in config.optimizers:
+      if name not in lars.OPTIMIZERS:
+        parser.error(f"unknown optimiser {name!r}; choose from {', '.join(lars.OPTIMIZERS)}")
   command = "python -m examples.barlow_twins.main " + shlex.join(argv)
-  device = f"{jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}"
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "results.json").write_text(json.dumps(
-      {"command": command, "device": device, "date": datetime.date.today().isoformat(),
-       "train_images": len(dataset.train.labels), "test_images": len(dataset.test.labels),
-       "source": dataset.source, "results": results}, indent=2) + "\n")
-  plot(results, workdir / "loss.png")
-  print(results_table(results))
-  print(f"\n{command}\n{device}, {datetime.date.today()}, {len(dataset.train.labels)} training "
-        f"images of {dataset.source}; loss curves in {workdir / 'loss.png'}")
-  return 0
+  return config_lib.exit_code(
+      lambda: [compare(config, backbone=backbone, command=command) for config in runs])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ standardised features of the training images, full batch, Adam, tested on the CI
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -32,49 +31,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from examples.barlow_twins import augment, lars, models
+from examples.barlow_twins.configs import Config
 from examples.lib import cifar10 as cifar_data
 from examples.lib import data, train
-from examples.lib.config import Comparison, setting
 
 INPUT_SHAPE = (32, 32, 3)
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(Comparison):
-  """Pretraining with each of `optimizers`, same seed. Defaults: the authors' LARS settings with
-  solo-learn's CIFAR-10 network (ResNet-18 with a 3x3 stem, projector 2048-2048-2048, batch 256).
-
-  One pretraining run is a `Config` with one optimiser (`Config.run`).
-  """
-
-  optimizers: tuple[str, ...] = setting(
-      ("lars", "orthogonal-lars"), f"comma-separated, from {', '.join(lars.OPTIMIZERS)}")
-  backbone: str = setting("resnet18", f"one of {', '.join(models.BACKBONES)}")
-  projector: tuple[int, ...] = setting(
-      (2048, 2048, 2048), "projector sizes (the authors': 8192-8192-8192)", separator="-")
-  epochs: int = 100
-  warmup_epochs: float = setting(10, "may be fractional")
-  batch_size: int = 256
-  eval_batch_size: int = 512
-  weights_learning_rate: float = setting(0.2, "times batch_size / 256")
-  biases_learning_rate: float = setting(0.0048, "times batch_size / 256")
-  weight_decay: float = 1.5e-6
-  momentum: float = 0.9
-  trust_coefficient: float = 1e-3
-  lambd: float = models.LAMBDA
-  method: str = setting("auto", "orthax method for Orthogonal LARS")
-  seed: int = 0
-  data: str | None = setting(None, "cifar10_jpeg.npz (default: $ORTHAX_CIFAR10, tfds, local)")
-  synthetic: bool = setting(False, "synthetic data (tests; no real accuracy)")
-  train_size: int | None = setting(None, "first N of the 45k training images")
-  test_size: int | None = setting(None, "first N of the 10k test images")
-  knn_every: int = setting(0, "epochs between k-NN evaluations; 0: after the last epoch only")
-  knn_k: int = 200
-  knn_temperature: float = 0.1
-  probe_steps: int = 1000
-  probe_learning_rate: float = 1e-2
-  checkpoint: bool = setting(True, "--no-checkpoint: no checkpoints (and no resuming)")
-  workdir: str | None = setting(None, "where the runs go (default runs/barlow_twins/<time>)")
 
 
 def load_dataset(config: Config) -> cifar_data.Dataset:

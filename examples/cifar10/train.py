@@ -22,25 +22,13 @@ from jax.sharding import PartitionSpec as P
 from examples.cifar10 import augment
 from examples.cifar10.configs import Config
 from examples.lib import cifar10 as cifar_data
-from examples.lib import compare, data, diagnostics, optimizers, train
-from examples.lib.config import replace_from_strings
+from examples.lib import data, diagnostics, optimizers, train
 from examples.models import convnets
 
 INPUT_SHAPE = (32, 32, 3)
 DIAGNOSTICS_BATCH = 256
 SUMMARY_FIELDS = (("train loss", "train_loss", ".4f"), ("val acc", "val_accuracy", ".4f"),
                   ("test acc", "test_accuracy", ".4f"))
-
-
-def run_config(config: Config, label: str, seed: int) -> Config:
-  """The one-run config of `label` (an optimiser with its own settings, `name@field=value...`)
-  and `seed` in comparison `config`."""
-  name, options = compare.parse_label(label)
-  run = config.run(name, seeds=(seed,))
-  try:
-    return replace_from_strings(run, options)
-  except ValueError as error:
-    raise ValueError(f"In optimiser label {label!r}: {error}") from None
 
 
 def load_dataset(config: Config) -> cifar_data.Dataset:
@@ -57,7 +45,7 @@ def make_tx(config: Config, steps_per_epoch: int) -> optax.GradientTransformatio
   return optimizers.make_optimizer(
       config.optimizer, learning_rate=make_schedule(config, steps_per_epoch),
       momentum=config.momentum, weight_decay=config.weight_decay, method=config.method,
-      mask=config.mask, rtol=config.rtol, b2=config.b2)
+      mask=config.mask, rtol=config.rtol, b2=config.b2, steps=config.steps)
 
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.ScalarOrSchedule:
@@ -69,7 +57,8 @@ def train_and_evaluate(
     config: Config, workdir: str | Path, dataset: cifar_data.Dataset | None = None, *,
     model: nn.Module | None = None,
 ) -> list[dict]:
-  """Trains the run `config` describes (one optimiser, one seed: see `run_config`) for
+  """Trains the run `config` describes (one optimiser, one seed: see
+  `examples.lib.compare.run_config`) for
   `config.epochs` epochs, resuming from `workdir`'s checkpoint, and evaluates each epoch.
 
   Args:
@@ -98,7 +87,8 @@ def train_and_evaluate(
     validation = dataset.validation
     diagnose = diagnostics.make_diagnose(
         optimizers.make_direction(
-            config.optimizer, method=config.method, mask=config.mask, rtol=config.rtol),
+            config.optimizer, method=config.method, mask=config.mask, rtol=config.rtol,
+            steps=config.steps),
         validation.images[:DIAGNOSTICS_BATCH], validation.labels[:DIAGNOSTICS_BATCH],
         mean=dataset.mean, std=dataset.std, mesh=mesh)
 

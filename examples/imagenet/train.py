@@ -11,7 +11,6 @@ state replicated, each global batch assembled from the processes' shares. Multi-
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import flax.linen as nn
@@ -20,44 +19,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from examples.imagenet import data as imagenet_data
+from examples.imagenet.configs import Config
 from examples.lib import data, optimizers, train
-from examples.lib.config import Comparison, setting
-from examples.lib.optimizers import MASKS, OPTIMIZERS
 from examples.models import convnets
 
 SUMMARY_FIELDS = (("train loss", "train_loss", ".4f"), ("val loss", "val_loss", ".4f"),
                   ("val top-1", "val_accuracy", ".4f"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(Comparison):
-  """The paper's ImageNet protocol: ResNet-34, batch 1024, lr 1e-2, momentum 0.9, weight decay
-  5e-4, 100 epochs, constant learning rate; each of `optimizers` trains once.
-
-  One training run is a `Config` with one optimiser (`Config.run`).
-  """
-
-  optimizers: tuple[str, ...] = setting(
-      ("sgdm", "orthogonal-sgdm"), f"comma-separated, from {', '.join(OPTIMIZERS)}")
-  model: str = setting("resnet34", f"one of {', '.join(convnets.MODELS)}")
-  epochs: int = 100
-  batch_size: int = setting(1024, "global: split over every device of every host")
-  eval_batch_size: int = 1024
-  image_size: int = 224
-  num_classes: int = 1000
-  seed: int = 0
-  learning_rate: float = 1e-2
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-  method: str = setting("auto", "orthax method for the orthogonal optimisers")
-  mask: str = setting("all", "the kernels to orthogonalise", choices=tuple(MASKS))
-  data: str | None = setting(None, "tensorflow-datasets data_dir holding imagenet2012")
-  synthetic: bool = setting(False, "random class patterns instead of ImageNet")
-  train_size: int | None = setting(None, "synthetic training images (default 4 batches)")
-  test_size: int | None = setting(None, "synthetic validation images (default 1 batch)")
-  multihost: bool = setting(False, "call jax.distributed.initialize() first")
-  checkpoint: bool = setting(True, "--no-checkpoint: no checkpoints (and no resuming)")
-  workdir: str | None = setting(None, "where the runs go (default runs/imagenet/<model>-<time>)")
 
 
 def load_source(config: Config) -> imagenet_data.Source:
@@ -73,14 +40,16 @@ def load_source(config: Config) -> imagenet_data.Source:
 def make_tx(config: Config) -> optax.GradientTransformation:
   return optimizers.make_optimizer(
       config.optimizer, learning_rate=config.learning_rate, momentum=config.momentum,
-      weight_decay=config.weight_decay, method=config.method, mask=config.mask)
+      weight_decay=config.weight_decay, method=config.method, mask=config.mask,
+      steps=config.steps)
 
 
 def train_and_evaluate(config: Config, workdir: str | Path,
                        source: imagenet_data.Source | None = None, *,
                        model: nn.Module | None = None) -> list[dict]:
-  """Trains the run `config` describes (one optimiser) for `config.epochs` epochs, resuming from
-  `workdir`, evaluating on the validation set; `model` replaces `config.model`'s network.
+  """Trains the run `config` describes (one optimiser, one seed) for `config.epochs` epochs,
+  resuming from `workdir`, evaluating on the validation set; `model` replaces `config.model`'s
+  network.
 
   Returns one record per epoch: train_loss, train_accuracy, val_loss, val_accuracy (top-1),
   learning_rate, step_ms, epoch_s, compile_s (see `examples.lib.train.fit`).

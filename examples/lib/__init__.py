@@ -8,7 +8,9 @@
 - `download`: data sets that fetch themselves: checksum-verified, atomic, cached per user.
 - `optimizers`: the optimisers by name (the paper's, AdamW, both Muons), built with orthax's
   aliases; masks and attention layouts by name; schedules.
-- `compare`: several optimisers and seeds: the runs, the markdown table, the plot.
-- `config`: command-line flags from a config dataclass's fields; presets laid under the flags.
+- `compare`: several optimisers and seeds: `run_config`, the runner, the markdown table, the plot,
+  the device line and results.json, for every example.
+- `config`: command-line flags from a config dataclass's fields; `--config NAME` presets laid
+  under the flags (`command_line`), the same in every example's main.py.
 - `diagnostics`: per-epoch diagnostics on a fixed batch (`orthax.diagnostics`).
 """

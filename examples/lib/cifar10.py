@@ -29,16 +29,20 @@ from examples.lib.data import Split
 DEFAULT_PATH = Path(__file__).resolve().parents[3] / "shared/data/cifar10/cifar10_jpeg.npz"
 TRAIN_SPLIT, VALIDATION_SPLIT, TEST_SPLIT = 45_000, 5_000, 10_000
 SPLIT_SEED = 0  # the validation split is fixed: it never depends on the run's seed
-NO_DATA_MESSAGE = """\
-No CIFAR-10 data found at {path}.
-Point the example at a local copy of cifar10_jpeg.npz, either with
-    --data /path/to/cifar10_jpeg.npz
+ADVICE = """\
+Point the example at a copy with
+    --data /path/to/cifar10_jpeg.npz    (or /path/to/cifar-10-python.tar.gz)
 or with the environment variable
     ORTHAX_CIFAR10=/path/to/cifar10_jpeg.npz
+{tfds}or run on synthetic data (no meaningful accuracy) with
+    --synthetic"""
+TFDS_ADVICE = """\
 or let tensorflow-datasets download it (where the machine can) with
     --download
-or run on synthetic data (no meaningful accuracy) with
-    --synthetic"""
+"""
+NO_DATA_MESSAGE = """\
+No CIFAR-10 data found at {path}.
+{advice}"""
 OFFLINE_MESSAGE = """\
 No CIFAR-10 data found, and downloading it failed.
 Tried, in this order:
@@ -47,14 +51,23 @@ Tried, in this order:
     the local copy {local}: absent
     the download of {url} into {cache}: {error}
 Where the machine has internet access, run again (an interrupted download is retried; set
-$ORTHAX_DATA_CACHE to keep the download elsewhere). Otherwise point the example at a copy with
-    --data /path/to/cifar10_jpeg.npz (or cifar-10-python.tar.gz)
-or
-    ORTHAX_CIFAR10=/path/to/cifar10_jpeg.npz
-or let tensorflow-datasets download it with
-    --download
-or run on synthetic data (no meaningful accuracy) with
-    --synthetic"""
+$ORTHAX_DATA_CACHE to keep the download elsewhere).
+{advice}"""
+
+
+def has_tfds() -> bool:
+  """Whether tensorflow-datasets imports (only a call that names a source imports it)."""
+  try:
+    import tensorflow_datasets  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def advice() -> str:
+  """How to name a source; `--download` only where tensorflow-datasets is installed (it is the
+  one route that needs it)."""
+  return ADVICE.format(tfds=TFDS_ADVICE if has_tfds() else "")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -74,7 +87,7 @@ def find_local_copy(path: str | os.PathLike | None = None) -> Path:
   """`path`, else `$ORTHAX_CIFAR10`, else the default local copy; DataNotFoundError if absent."""
   path = Path(path or os.environ.get("ORTHAX_CIFAR10") or DEFAULT_PATH)
   if not path.is_file():
-    raise DataNotFoundError(NO_DATA_MESSAGE.format(path=path))
+    raise DataNotFoundError(NO_DATA_MESSAGE.format(path=path, advice=advice()))
   return path
 
 
@@ -260,12 +273,11 @@ def fetch_official(tfds_download: bool = False) -> Path:
   try:
     return download.fetch(remote)
   except download.DownloadError as error:
-    try:
-      import tensorflow_datasets  # noqa: F401
+    if has_tfds():
       tfds = "no prepared data set" + (" (and --download failed)" if tfds_download else "")
-    except ImportError:
+    else:
       tfds = "not installed"
     raise DataNotFoundError(OFFLINE_MESSAGE.format(
         tfds=tfds, local=DEFAULT_PATH, url=remote.url, cache=download.cache_dir(),
-        error=error)) from None
+        error=error, advice=advice())) from None
 

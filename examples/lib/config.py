@@ -6,7 +6,11 @@ returning a `Config`, or a list of them for a sweep. `add_flags` gives every fie
 a base config (the defaults, or a preset), so a flag that is not given never overrides a preset.
 
 A field's metadata may carry `flags` (its flag names, e.g. `("--lr", "--learning-rate")`), `help`,
-`choices`, and `separator` (between a tuple's items on the command line; default ",").
+`choices`, `separator` (between a tuple's items on the command line; default ",") and `unset`
+(what a None default means, shown in the help as the default).
+
+`command_line` is every example's `main.py`: the flags, and `--config NAME` to start from a named
+preset (a function of the flags given, returning the configs to run).
 Booleans that default to True get a `--no-<name>` flag, the others a `--<name>` flag.
 
 Examples:
@@ -27,20 +31,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 
 class Comparison:
-  """For config dataclasses with `optimizers`: one run of the comparison is a config with one."""
+  """For config dataclasses with `optimizers` and `seeds`: one run of the comparison is a config
+  with one of each."""
 
   @property
   def optimizer(self) -> str:
     """The optimiser of a one-run config (see `run`)."""
     (name,) = self.optimizers
     return name
+
+  @property
+  def seed(self) -> int:
+    """The seed of a one-run config."""
+    (seed,) = self.seeds
+    return seed
 
   def run(self, optimizer: str, **changes: Any) -> Any:
     """The one-run config of `optimizer`, with `changes`."""
@@ -49,7 +61,7 @@ class Comparison:
 
 def setting(default: Any, help: str = "", **metadata: Any) -> Any:
   """A dataclass field with a default and command-line metadata: `help`, and optionally `flags`,
-  `choices`, `separator`."""
+  `choices`, `separator`, `unset`."""
   return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -116,10 +128,12 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, base: Any = None,
       continue
     separator = field.metadata.get("separator", ",")
     shown = separator.join(map(str, default)) if isinstance(default, tuple) else default
+    if default is None:
+      shown = field.metadata.get("unset")
     parser.add_argument(
         *flag_names(field), type=value_parser(types_[field.name], separator),
         choices=field.metadata.get("choices"),
-        help=help_text if default is None else f"{help_text} (default: {shown})".lstrip(),
+        help=help_text if shown is None else f"{help_text} (default: {shown})".lstrip(),
         **options)
 
 
@@ -144,6 +158,55 @@ def parse(cls: type, argv: Sequence[str] | None, base: Any = None,
   base = cls() if base is None else base
   parser = parser or make_parser(cls, base=base, **parser_options)
   return dataclasses.replace(base, **given(parser.parse_args(argv), cls))
+
+
+Preset = Callable[[dict[str, Any], argparse.Namespace], list[Any]]
+
+
+def lay(configs: Iterable[Any], flags: Mapping[str, Any]) -> list[Any]:
+  """Each of `configs` with the fields in `flags` replaced (the flags given over a preset)."""
+  return [dataclasses.replace(config, **flags) for config in configs]
+
+
+def command_line(
+    cls: type, presets: Mapping[str, Preset], argv: Sequence[str] | None, description: str | None,
+    *, base: Any = None, fields: Iterable[str] | None = None,
+    extra_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[Any]]:
+  """(parser, parsed flags, configs to run) of an example's command line.
+
+  Without `--config`, one config: `base` (default `cls()`) with the given flags laid over it.
+  With `--config NAME`, `presets[NAME](flags given, namespace)`: the preset lays the flags over
+  its configs (`lay`), and may read what `extra_flags` added to the parser; a ValueError it
+  raises is a usage error (exit 2).
+  """
+  base = cls() if base is None else base
+  parser = make_parser(cls, description, base=base, fields=fields)
+  if presets:
+    parser.add_argument(
+        "--config", choices=sorted(presets),
+        help="start from a named preset (configs.py); the other flags override its fields")
+  if extra_flags is not None:
+    extra_flags(parser)
+  args = parser.parse_args(argv)
+  flags = given(args, cls)
+  name = getattr(args, "config", None)
+  try:
+    configs = presets[name](flags, args) if name else lay([base], flags)
+  except ValueError as error:  # a preset's own flags missing or wrong: a usage error
+    parser.error(str(error))
+  return parser, args, configs
+
+
+def exit_code(run: Callable[[], object]) -> int:
+  """0 after `run()`; 2, with the message on stderr, when it raises FileNotFoundError (a data set
+  that is not there: the examples' messages say how to point at one)."""
+  try:
+    run()
+  except FileNotFoundError as error:
+    print(error, file=sys.stderr)
+    return 2
+  return 0
 
 
 def json_values(config: Any) -> dict[str, Any]:

@@ -81,9 +81,15 @@ def make_layout(layout: str) -> Any:
   return None if layout == "default" else orthax.attention_layout(layout)
 
 
+def approximation_options(rtol: float | None, steps: int | None) -> dict:
+  """orthax's `rtol` (exact methods) and `steps` (approximate methods), where given."""
+  options = {"rtol": rtol, "steps": steps}
+  return {key: value for key, value in options.items() if value is not None}
+
+
 def make_direction(
     name: str, *, method: str = "auto", mask: str = "all", rtol: float | None = None,
-    layout: str = "default",
+    layout: str = "default", steps: int | None = None,
 ) -> optax.GradientTransformation:
   """The stateless transformation of the gradient that optimiser `name` applies before decay.
 
@@ -91,7 +97,7 @@ def make_direction(
   """
   check_name(name, mask, layout)
   if name.startswith("orthogonal-"):
-    options = {} if rtol is None else {"rtol": rtol}
+    options = approximation_options(rtol, steps)
     return orthax.orthogonalise_components(
         method, mask=MASKS[mask], layout=make_layout(layout), **options)
   if name == "n-sgdm":
@@ -157,6 +163,7 @@ def make_optimizer(
     layout: str = "default",
     muon_beta: float | None = None,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    steps: int | None = None,
 ) -> optax.GradientTransformation:
   """Optimiser `name` (one of `OPTIMIZERS`).
 
@@ -179,6 +186,8 @@ def make_optimizer(
     layout: how attention kernels are viewed (`LAYOUTS`); 'default' is `orthax.Layout()`.
     muon_beta: the muons' momentum; default `momentum`.
     adam_learning_rate: the muons' AdamW learning rate; default `learning_rate`.
+    steps: iterations of the approximate methods (newton_schulz, polar_express); None is
+      orthax's default.
   """
   check_name(name, mask, layout)
   if name == "muon":
@@ -188,7 +197,7 @@ def make_optimizer(
         adam_weight_decay=weight_decay, adam_learning_rate=adam_learning_rate,
         muon_weight_dimension_numbers=muon_dimension_numbers(mask))
   if name == "orthax-muon":
-    options = {} if rtol is None else {"rtol": rtol}
+    options = approximation_options(rtol, steps)
     return orthax.muon(
         learning_rate, beta=momentum if muon_beta is None else muon_beta, method=method,
         mask=MASKS[mask], layout=make_layout(layout), weight_decay=weight_decay,
@@ -199,7 +208,8 @@ def make_optimizer(
         learning_rate, beta=momentum if muon_beta is None else muon_beta,
         weight_decay=weight_decay, adam_learning_rate=adam_learning_rate, adam_b1=momentum,
         adam_b2=b2, adam_weight_decay=weight_decay, mask=MASKS[mask])
-  direction = make_direction(name, method=method, mask=mask, rtol=rtol, layout=layout)
+  direction = make_direction(
+      name, method=method, mask=mask, rtol=rtol, layout=layout, steps=steps)
   if name.endswith("adamw"):
     return orthax.orthogonal_adamw(
         learning_rate, b1=momentum, b2=b2, weight_decay=weight_decay, weight_decay_mask=matrices,

@@ -9,17 +9,22 @@ matrices, gradient clipping at 1.0, no dropout).
 An optimiser label is a name with optional settings after `@` (`examples.lib.compare`), e.g.
 `orthax-muon@method=polar_express@layout=heads@lr=0.02`. The presets:
 
-- `sweep`: every optimiser of `SETTINGS` at each rate of its grid (`LEARNING_RATES`), one seed,
-  `SWEEP_STEPS` steps with the schedule scaled to them.
-- `finals`: the chosen optimisers at their best rates (from the sweep's `best_lrs.json`), three
-  seeds, the full 2,000 steps.
+- `sweep`: every optimiser of `SETTINGS` at each rate of its grid, one seed, `SWEEP_STEPS` steps
+  with the schedule scaled to them.
+- `finals`: the chosen optimisers at their best rates (from the sweep's `best_lrs.json`, named by
+  `--best-lrs`), three seeds, the full 2,000 steps.
+
+`CONFIGS` holds them by name for `python -m examples.shakespeare_char.main --config NAME`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+from pathlib import Path
 
-from examples.lib.config import Comparison, setting
+from examples.lib.config import Comparison, Preset, lay, setting
 from examples.lib.optimizers import LAYOUTS, MASKS, OPTIMIZERS
 
 
@@ -54,9 +59,11 @@ class Config(Comparison):
   target: float | None = setting(None, "validation loss for 'steps to' (default: the first "
                                  "optimiser's final mean)")
   sample_chars: int = setting(300, "characters generated at the end (0: none)")
-  data: str | None = setting(None, "input.txt (default: $ORTHAX_TINY_SHAKESPEARE, tfds, local)")
+  data: str | None = setting(
+      None, "Tiny Shakespeare's input.txt",
+      unset="$ORTHAX_TINY_SHAKESPEARE, tensorflow-datasets, the local copy, then the download")
   synthetic: bool = setting(False, "a synthetic corpus (tests; no meaningful loss)")
-  workdir: str | None = setting(None, "where runs go (default runs/shakespeare_char/<time>)")
+  workdir: str | None = setting(None, "where runs go", unset="runs/shakespeare_char/<time>")
 
 
 # The optimisers of the comparison: (label without lr, the rates swept).
@@ -99,3 +106,20 @@ def finals(best: dict[str, float], names: tuple[str, ...] | None = None, **chang
   names = tuple(sorted(names, key=lambda n: n != "adamw"))
   config = Config(optimizers=tuple(f"{n}@lr={best[n]:g}" for n in names), seeds=(0, 1, 2))
   return dataclasses.replace(config, **changes)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  """The presets' own flag: the sweep's result that `finals` starts from."""
+  parser.add_argument("--best-lrs", help="the sweep's best_lrs.json (for --config finals)")
+
+
+def finals_preset(flags: dict, args: argparse.Namespace) -> list[Config]:
+  if not args.best_lrs:
+    raise ValueError("--config finals needs --best-lrs (the sweep's best_lrs.json)")
+  return lay([finals(json.loads(Path(args.best_lrs).read_text()))], flags)
+
+
+CONFIGS: dict[str, Preset] = {
+    "sweep": lambda flags, args: lay([sweep()], flags),
+    "finals": finals_preset,
+}

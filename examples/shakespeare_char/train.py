@@ -1,10 +1,10 @@
 """Trains the character-level GPT with one optimiser and one seed; times and samples from it.
 
-A run is a `Config` with one optimiser label and one seed (`run_config`). The step is one jitted
-function of (params, optimiser state, step, key): it draws its batch on the device from
-fold_in(key(seed), step), so runs with the same seed see the same batches and start from the same
-initialisation whatever their optimiser. Every `eval_every` steps (and at the end) the model's
-mean loss over fixed validation windows is recorded.
+A run is a `Config` with one optimiser label and one seed (`examples.lib.compare.run_config`).
+The step is one jitted function of (params, optimiser state, step, key): it draws its batch on
+the device from fold_in(key(seed), step), so runs with the same seed see the same batches and
+start from the same initialisation whatever their optimiser. Every `eval_every` steps (and at the
+end) the model's mean loss over fixed validation windows is recorded.
 
 Outputs, in the run's directory: `history.json` (config, validation losses, training loss per
 interval, step time, compile time) and `params.npz`. A run whose `history.json` exists with the
@@ -29,16 +29,10 @@ from flax import nnx
 from tqdm import tqdm
 
 from examples.lib import compare, optimizers
-from examples.lib.config import json_values, replace_from_strings
+from examples.lib.config import json_values
 from examples.shakespeare_char import data
 from examples.shakespeare_char.configs import Config
 from examples.shakespeare_char.model import GPT
-
-
-def run_config(config: Config, label: str, seed: int) -> Config:
-  """The one-run config of `label` (`name@field=value...`) and `seed` in comparison `config`."""
-  name, options = compare.parse_label(label)
-  return replace_from_strings(config.run(name, seeds=(seed,)), options)
 
 
 def check(config: Config) -> None:
@@ -50,7 +44,7 @@ def check(config: Config) -> None:
     raise ValueError(f"warmup_steps must be in [0, steps = {config.steps}), got "
                      f"{config.warmup_steps}; give --warmup-steps with a short --steps.")
   for label in config.optimizers:
-    run = run_config(config, label, 0)
+    run = compare.run_config(config, label, 0)
     optimizers.check_name(run.optimizer, run.mask, run.layout)
 
 
@@ -99,46 +93,49 @@ def setting_key(config: Config) -> Config:
   return dataclasses.replace(config, seeds=(0,), workdir=None, sample_chars=0, target=None)
 
 
-@functools.cache
-def optimizer_for(config: Config) -> optax.GradientTransformation:
-  """`make_optimizer`, once per setting in a process."""
-  return make_optimizer(config)
+class StepCache:
+  """Each setting's optimiser and train step compiled ahead of time, built once per setting and
+  shared by its seeds (`setting_key`); one per comparison, passed to the runs that share it."""
 
+  def __init__(self):
+    self.entries: dict[Config, tuple[optax.GradientTransformation, Any, float]] = {}
 
-_COMPILED: dict[Config, tuple[Any, float]] = {}
-
-
-def compiled_step(config: Config, graphdef, tx, params, opt_state, ids, key) -> tuple[Any, float]:
-  """The setting's train step compiled ahead of time for these arguments' shapes, once per setting
-  in a process (the seeds share it), and the seconds its compilation took."""
-  setting = setting_key(config)
-  if setting not in _COMPILED:
-    start = time.perf_counter()
-    compiled = train_step.lower(
-        params, opt_state, ids, key, 0, graphdef=graphdef, tx=tx,
-        batch_size=config.batch_size, context=config.context).compile()
-    _COMPILED[setting] = compiled, time.perf_counter() - start
-  return _COMPILED[setting]
+  def get(self, config: Config, graphdef, params, ids, key) -> tuple[Any, Any, float]:
+    """(optimiser, compiled step, seconds its compilation took) of `config`'s setting, for
+    these arguments' shapes."""
+    setting = setting_key(config)
+    if setting not in self.entries:
+      tx = make_optimizer(setting)
+      start = time.perf_counter()
+      compiled = train_step.lower(
+          params, tx.init(params), ids, key, 0, graphdef=graphdef, tx=tx,
+          batch_size=config.batch_size, context=config.context).compile()
+      self.entries[setting] = tx, compiled, time.perf_counter() - start
+    return self.entries[setting]
 
 
 class Run:
-  """The model, optimiser and compiled step of one run: `step()` advances it by one step."""
+  """The model, optimiser and compiled step of one run: `step()` advances it by one step.
 
-  def __init__(self, config: Config, corpus: data.Corpus, seed: int):
+  `compiled_step` is the compiled train step (its `cost_analysis()` counts its FLOPs); `cache`
+  shares the compiled steps between runs of one setting (default: a cache of its own).
+  """
+
+  def __init__(self, config: Config, corpus: data.Corpus, seed: int,
+               cache: StepCache | None = None):
     model = make_model(config, corpus.vocab, seed)
     graphdef, state = nnx.split(model)
     self.graphdef, self.config = graphdef, config
     self.params = nnx.to_pure_dict(state)
-    self.tx = optimizer_for(setting_key(config))
-    self.opt_state = self.tx.init(self.params)
     self.ids = jnp.asarray(corpus.train)
     self.key = jax.random.key(seed)
     self.count = 0
-    self._step, self.compile_s = compiled_step(
-        config, graphdef, self.tx, self.params, self.opt_state, self.ids, self.key)
+    self.tx, self.compiled_step, self.compile_s = (cache or StepCache()).get(
+        config, graphdef, self.params, self.ids, self.key)
+    self.opt_state = self.tx.init(self.params)
 
   def step(self) -> jax.Array:
-    self.params, self.opt_state, loss = self._step(
+    self.params, self.opt_state, loss = self.compiled_step(
         self.params, self.opt_state, self.ids, self.key, self.count)
     self.count += 1
     return loss
@@ -153,8 +150,10 @@ def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
           == {k: v for k, v in b.items() if k not in NOT_TRAINING})
 
 
-def train(config: Config, corpus: data.Corpus, workdir: Path) -> dict[str, Any]:
-  """Trains the one-run `config` (or reads back its finished run from `workdir`): its history."""
+def train(config: Config, corpus: data.Corpus, workdir: Path,
+          cache: StepCache | None = None) -> dict[str, Any]:
+  """Trains the one-run `config` (or reads back its finished run from `workdir`): its history.
+  `cache` shares compiled steps with the other runs of the comparison."""
   workdir.mkdir(parents=True, exist_ok=True)
   record_path = workdir / "history.json"
   settings = json_values(config)
@@ -163,8 +162,8 @@ def train(config: Config, corpus: data.Corpus, workdir: Path) -> dict[str, Any]:
     if same_training(history["config"], settings):
       return history
   (seed,) = config.seeds
-  run = Run(config, corpus, seed)
-  compile_s = run.compile_s  # paid once per setting in a process
+  run = Run(config, corpus, seed, cache)
+  compile_s = run.compile_s  # paid once per setting in a comparison
   val_inputs, val_targets = map(jnp.asarray, data.fixed_windows(
       corpus.validation, config.eval_windows, config.context))
   evaluate = functools.partial(eval_loss, inputs=val_inputs, targets=val_targets,
@@ -232,7 +231,7 @@ def generate(config: Config, params, corpus: data.Corpus, length: int, *, seed: 
 
 def step_flops(run: Run) -> float:
   """Floating-point operations of one compiled step, as XLA counts them (nan if it does not)."""
-  analysis = run._step.cost_analysis()
+  analysis = run.compiled_step.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
   return float((analysis or {}).get("flops", float("nan")))
 
@@ -252,10 +251,11 @@ def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
 
 
 def time_steps(configs: dict[str, Config], corpus: data.Corpus, steps: int = 20,
-               rounds: int = 3) -> dict[str, float]:
+               rounds: int = 3, cache: StepCache | None = None) -> dict[str, float]:
   """Milliseconds per training step of each one-run config, measured side by side in this
   process: `rounds` rounds, each running `steps` steps of every config in turn; the median."""
-  runs = {label: Run(config, corpus, 0) for label, config in configs.items()}
+  cache = cache or StepCache()
+  runs = {label: Run(config, corpus, 0, cache) for label, config in configs.items()}
   for run in runs.values():
     jax.block_until_ready(run.step())  # compiles
   times: dict[str, list[float]] = {label: [] for label in runs}

@@ -1,8 +1,8 @@
 """Trains the character-level GPT with several optimisers on the same batches and seeds.
 
-    python -m examples.shakespeare_char.compare --optimizers adamw,muon@lr=0.02 --steps 2000
-    python -m examples.shakespeare_char.compare --preset sweep --workdir runs/lm-sweep
-    python -m examples.shakespeare_char.compare --preset finals \
+    python -m examples.shakespeare_char.main --optimizers adamw,muon@lr=0.02 --steps 2000
+    python -m examples.shakespeare_char.main --config sweep --workdir runs/lm-sweep
+    python -m examples.shakespeare_char.main --config finals \
         --best-lrs runs/lm-sweep/best_lrs.json --workdir runs/lm-finals
 
 An optimiser label may carry its own settings after `@` (any field of `configs.Config`), e.g.
@@ -15,14 +15,13 @@ Prints and saves (in --workdir): a table per optimiser (validation loss at 500 /
 steps, mean ± std over seeds, steps to the first optimiser's final loss and to muon's, step time
 relative to the first optimiser measured side by side in one process), `results.json`,
 `curves.png` (validation loss per step), and a sample of generated text from the best run. With
-`--preset sweep`, a table of final validation loss per learning rate and `best_lrs.json`.
+`--config sweep`, a table of final validation loss per learning rate and `best_lrs.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -44,15 +43,15 @@ def setting_of(label: str) -> str:
 
 
 def rate_of(config: Config, label: str) -> float:
-  return train.run_config(config, label, 0).learning_rate
+  return compare_lib.run_config(config, label, 0).learning_rate
 
 
-def run_all(config: Config, corpus: data.Corpus, workdir: Path) -> dict[str, list[dict]]:
-  """{label: [history per seed]}."""
-  return {label: [train.train(train.run_config(config, label, seed), corpus,
-                              compare_lib.run_dir(workdir, label, seed))
-                  for seed in config.seeds]
-          for label in config.optimizers}
+def run_all(config: Config, corpus: data.Corpus, workdir: Path,
+            cache: train.StepCache | None = None) -> dict[str, list[dict]]:
+  """{label: [history per seed]}; the runs of a setting share one compiled step (`cache`)."""
+  cache = cache or train.StepCache()
+  return compare_lib.run_comparison(
+      config, workdir, lambda run, run_dir: train.train(run, corpus, run_dir, cache))
 
 
 def loss_at(history: dict, step: int) -> float | None:
@@ -94,21 +93,30 @@ def results_table(config: Config, results: dict[str, list[dict]],
   muon = next((label for label in labels if setting_of(label) == "muon"), None)
   if muon is not None and muon != reference:
     targets[muon] = final_mean(results[muon])
-  shown = [s for s in CHECKPOINTS if s < config.steps] + [config.steps]
-  header = ["optimiser", "lr", *[f"val loss @{s}" for s in shown]]
-  header += [f"steps to {setting_of(t)}'s {v:.3f}" for t, v in targets.items()]
-  header += ["step time (ms)", f"vs {setting_of(reference)}"] if step_ms else []
-  lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-  for label, runs in results.items():
-    cells = [setting_of(label), f"{rate_of(config, label):g}"]
-    for step in shown:
+
+  def loss_cell(step: int):
+    def cell(label: str, runs: list[dict]) -> str:
       values = [loss_at(r, step) for r in runs]
-      cells.append(compare_lib.mean_std(values, ".3f") if None not in values else "-")
-    cells += [steps_cell(runs, target) for target in targets.values()]
-    if step_ms:
-      cells += [f"{step_ms[label]:.0f}", f"{step_ms[label] / step_ms[reference]:.2f}x"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+      return compare_lib.mean_std(values, ".3f") if None not in values else "-"
+    return cell
+
+  def steps_column(name: str, target: float) -> compare_lib.Column:
+    return compare_lib.Column(
+        f"steps to {setting_of(name)}'s {target:.3f}",
+        lambda label, runs: steps_cell(runs, target),
+        lambda results: f"- : {setting_of(name)}'s {target:.3f} not reached in {config.steps} "
+        "steps")
+
+  shown = [s for s in CHECKPOINTS if s < config.steps] + [config.steps]
+  columns = [compare_lib.Column("lr", lambda label, runs: f"{rate_of(config, label):g}")]
+  columns += [compare_lib.Column(f"val loss @{s}", loss_cell(s)) for s in shown]
+  columns += [steps_column(name, target) for name, target in targets.items()]
+  if step_ms:
+    columns += [
+        compare_lib.Column("step time (ms)", lambda label, runs: f"{step_ms[label]:.0f}"),
+        compare_lib.Column(f"vs {setting_of(reference)}",
+                           lambda label, runs: f"{step_ms[label] / step_ms[reference]:.2f}x")]
+  return compare_lib.results_table(results, columns, name=setting_of)
 
 
 def sweep_table(config: Config, results: dict[str, list[dict]]) -> tuple[str, dict[str, float]]:
@@ -129,28 +137,9 @@ def sweep_table(config: Config, results: dict[str, list[dict]]) -> tuple[str, di
   return "\n".join(lines), best
 
 
-def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
-  """Validation loss per step, one line per optimiser (mean; band: ± std over seeds)."""
-  from matplotlib.figure import Figure
-
-  fig = Figure(figsize=(8, 5), layout="constrained")
-  ax = fig.subplots()
-  for label, runs in results.items():
-    steps = np.array(runs[0]["eval_steps"])
-    values = np.array([r["val_loss"] for r in runs])
-    (line,) = ax.plot(steps, values.mean(0), label=setting_of(label))
-    if len(runs) > 1:
-      spread = values.std(0, ddof=1)
-      ax.fill_between(steps, values.mean(0) - spread, values.mean(0) + spread,
-                      color=line.get_color(), alpha=0.2)
-  finals = [v for runs in results.values() for r in runs for v in r["val_loss"][-1:]
-            if np.isfinite(v)]
-  if finals:
-    ax.set_ylim(min(finals) - 0.05, min(finals) + 1.2)
-  ax.set(xlabel="step", ylabel="validation loss", title=title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.savefig(path, dpi=120)
+PANELS = (compare_lib.Panel(
+    "Character-level GPT on Tiny Shakespeare", "step", "validation loss",
+    lambda run: (run["eval_steps"], run["val_loss"]), yscale="log"),)
 
 
 def setting_line(config: Config, corpus: data.Corpus) -> str:
@@ -164,64 +153,58 @@ def setting_line(config: Config, corpus: data.Corpus) -> str:
 
 def compare(config: Config, corpus: data.Corpus | None = None, *, sweep: bool = False,
             time_steps: int = 20) -> dict:
-  """Runs the comparison `config` describes; prints and saves its tables, plot and sample."""
+  """Runs the comparison `config` describes; prints and saves its tables, plot, sample and
+  results.json; returns what results.json holds."""
   train.check(config)
   corpus = corpus or data.load(config.data, synthetic=config.synthetic)
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  workdir = Path(config.workdir or f"runs/shakespeare_char/{stamp}")
+  workdir = Path(config.workdir or compare_lib.default_workdir("runs/shakespeare_char"))
   workdir.mkdir(parents=True, exist_ok=True)
-  results = run_all(config, corpus, workdir)
-  summary: dict = {"config": config_lib.json_values(config),
-                   "setting": setting_line(config, corpus), "results": results}
+  cache = train.StepCache()
+  results = run_all(config, corpus, workdir, cache)
+  extra: dict = {}
   if sweep:
     table, best = sweep_table(config, results)
     (workdir / "best_lrs.json").write_text(json.dumps(best, indent=2) + "\n")
-    summary["best_lrs"] = best
+    extra["best_lrs"] = best
   else:
     step_ms = None
     if time_steps:
-      runs = {label: train.run_config(config, label, 0) for label in config.optimizers}
-      step_ms = train.time_steps(runs, corpus, steps=time_steps)
-      summary["step_ms"] = step_ms
+      runs = {label: compare_lib.run_config(config, label, 0) for label in config.optimizers}
+      step_ms = extra["step_ms"] = train.time_steps(runs, corpus, steps=time_steps, cache=cache)
     table = results_table(config, results, step_ms)
-  print(table)
-  print(summary["setting"])
-  plot(results, workdir / "curves.png", "Character-level GPT on Tiny Shakespeare")
-  (workdir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
   if config.sample_chars:
     label = min(results, key=lambda k: final_mean(results[k]))
-    run = train.run_config(config, label, config.seeds[0])
+    run = compare_lib.run_config(config, label, config.seeds[0])
     params = train.load_params(
         compare_lib.run_dir(workdir, label, config.seeds[0]) / "params.npz", run, corpus.vocab)
-    sample = train.generate(run, params, corpus, config.sample_chars)
-    summary["sample"] = {"label": label, "text": sample}
-    print(f"\nsample from {label}, seed {config.seeds[0]}:\n{sample}\n")
-  (workdir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-  print(f"table above; plot: {workdir / 'curves.png'}; results: {workdir / 'results.json'}")
+    extra["sample"] = {"label": label, "text": train.generate(run, params, corpus,
+                                                              config.sample_chars)}
+  summary = compare_lib.report(config, results, workdir, table=table,
+                               setting=setting_line(config, corpus), panels=PANELS,
+                               plot_name="curves.png", **extra)
+  if "sample" in extra:
+    print(f"\nsample from {extra['sample']['label']}, seed {config.seeds[0]}:\n"
+          f"{extra['sample']['text']}\n")
   return summary
 
 
-def make_parser() -> argparse.ArgumentParser:
-  parser = config_lib.make_parser(Config, __doc__)
-  parser.add_argument("--preset", choices=("sweep", "finals"),
-                      help="sweep: every setting at each rate of its grid (configs.py); finals: "
-                      "the settings of --best-lrs at their best rates, 3 seeds, 2,000 steps")
-  parser.add_argument("--best-lrs", help="the sweep's best_lrs.json (for --preset finals)")
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  configs.add_flags(parser)
   parser.add_argument("--only", help="comma-separated settings of the preset to run (default all)")
   parser.add_argument("--time-steps", type=int, default=20,
                       help="steps per round when timing each optimiser side by side (0: skip)")
   parser.add_argument("--time-only", action="store_true",
                       help="no training: time each optimiser's step side by side, print a table")
-  return parser
 
 
 def timing_table(config: Config, corpus: data.Corpus, steps: int) -> str:
   """Markdown: each optimiser's step time, measured side by side, relative to the first's, and
   the model's FLOP rate against a large matrix product's on the same device."""
-  runs = {label: train.run_config(config, label, 0) for label in config.optimizers}
-  step_ms = train.time_steps(runs, corpus, steps=steps)
+  runs = {label: compare_lib.run_config(config, label, 0) for label in config.optimizers}
+  cache = train.StepCache()
+  step_ms = train.time_steps(runs, corpus, steps=steps, cache=cache)
   first = config.optimizers[0]
-  flops = train.step_flops(train.Run(runs[first], corpus, 0))
+  flops = train.step_flops(train.Run(runs[first], corpus, 0, cache))
   peak = train.matmul_gflops()
   lines = ["| optimiser | step time (ms) | vs " + first + " |", "| --- | ---: | ---: |"]
   lines += [f"| {label} | {ms:.1f} | {ms / step_ms[first]:.2f}x |" for label, ms in step_ms.items()]
@@ -234,18 +217,8 @@ def timing_table(config: Config, corpus: data.Corpus, steps: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = make_parser()
-  args = parser.parse_args(argv)
-  given = config_lib.given(args, Config)
-  if args.preset == "sweep":
-    config = configs.sweep()
-  elif args.preset == "finals":
-    if not args.best_lrs:
-      parser.error("--preset finals needs --best-lrs (the sweep's best_lrs.json)")
-    config = configs.finals(json.loads(Path(args.best_lrs).read_text()))
-  else:
-    config = Config()
-  config = dataclasses.replace(config, **given)
+  parser, args, (config,) = config_lib.command_line(
+      Config, configs.CONFIGS, argv, __doc__, extra_flags=add_flags)
   if args.only:
     only = set(args.only.split(","))
     config = dataclasses.replace(config, optimizers=tuple(
@@ -254,17 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     train.check(config)
   except ValueError as error:
     parser.error(str(error))
-  try:
+
+  def run() -> None:
     if args.time_only:
       corpus = data.load(config.data, synthetic=config.synthetic)
       print(timing_table(config, corpus, args.time_steps or 20))
       print(setting_line(config, corpus))
-      return 0
-    compare(config, sweep=args.preset == "sweep", time_steps=args.time_steps)
-  except FileNotFoundError as error:
-    print(error, file=sys.stderr)
-    return 2
-  return 0
+    else:
+      compare(config, sweep=args.config == "sweep", time_steps=args.time_steps)
+
+  return config_lib.exit_code(run)
 
 
 if __name__ == "__main__":
