@@ -29,13 +29,26 @@ from tests.helpers import (
 LR = 1e-2
 
 
+def _kernels(mask):
+  return orthax.masks.kernels if mask == "kernels" else mask
+
+
+# The factories below take the authors' mask (every floating leaf with ndim >= 2) unless given
+# another. It is named by a string, not given as a callable, so that `optax.inject_hyperparams`
+# does not take it for a schedule.
 def muon_kernels(learning_rate, weight_decay, mask="kernels", layout=None
                  ) -> optax.GradientTransformation:
-  """`orthax.muon` with the authors' mask (every floating leaf with ndim >= 2) unless given
-  another. Named by a string, not given as a callable, so that `optax.inject_hyperparams` does
-  not take it for a schedule."""
-  return orthax.muon(learning_rate, weight_decay=weight_decay, layout=layout,
-                     mask=orthax.masks.kernels if mask == "kernels" else mask)
+  return orthax.muon(learning_rate, weight_decay=weight_decay, layout=layout, mask=_kernels(mask))
+
+
+def speedrun_kernels(learning_rate, weight_decay, mask="kernels", layout=None
+                     ) -> optax.GradientTransformation:
+  return orthax.speedrun_muon(learning_rate, weight_decay=weight_decay, layout=layout,
+                              mask=_kernels(mask))
+
+
+def cautious_kernels(weight_decay, mask="kernels") -> optax.GradientTransformation:
+  return orthax.add_cautious_decayed_weights(weight_decay, _kernels(mask))
 
 
 # name: (factory, keyword arguments). Exact methods use "svd", which compiles fastest.
@@ -56,10 +69,10 @@ TRANSFORMATIONS = {
                         dict(learning_rate=LR, weight_decay=5e-4, method="svd")),
     "normalise_neurons": (orthax.normalise_neurons, {}),
     "normalise_neurons_longer": (orthax.normalise_neurons, dict(beta2=0.9, axis="longer")),
-    "add_cautious_decayed_weights": (orthax.add_cautious_decayed_weights, dict(weight_decay=0.1)),
-    # mask=True: every leaf to the NorMuon branch (the tree has no `kernel` for the default).
-    "speedrun_muon": (orthax.speedrun_muon,
-                      dict(learning_rate=LR, weight_decay=0.1, adam_weight_decay=0.1, mask=True)),
+    "add_cautious_decayed_weights": (cautious_kernels, dict(weight_decay=0.1)),
+    # The authors' mask (ndim >= 2) to the NorMuon branch (the tree has no `kernel` for the
+    # default hidden_matrices), the bias to Adam.
+    "speedrun_muon": (speedrun_kernels, dict(learning_rate=LR, weight_decay=0.1)),
     "muon": (muon_kernels, dict(learning_rate=LR, weight_decay=0.1)),
     "muon_momentum": (orthax.muon_momentum, dict(beta=0.9)),
 }
@@ -188,7 +201,8 @@ def test_state_is_stable_under_lax_cond(name):
 # The spec-taking transformations, built with a mask and a layout. The aliases take them through
 # `orthogonaliser=`; `orthogonalise` takes a mask only, `muon_momentum` neither.
 ALIASES = ("orthogonal_sgd", "orthogonal_adam", "orthogonal_adamw", "orthogonal_lars")
-LAYOUT_TAKERS = [name for name in NAMES if name not in ("orthogonalise", "muon_momentum")]
+MASK_ONLY = ("orthogonalise", "add_cautious_decayed_weights")
+LAYOUT_TAKERS = [name for name in NAMES if name not in (*MASK_ONLY, "muon_momentum")]
 
 
 def build_with(name: str, mask=None, layout=None) -> optax.GradientTransformation:
@@ -200,10 +214,10 @@ def build_with(name: str, mask=None, layout=None) -> optax.GradientTransformatio
         kwargs.pop("method"), mask=mask, layout=layout)
     if name == "orthogonal_lars":  # Its trust ratio, per layer.
       kwargs["layout"] = layout
-  elif name == "orthogonalise":
+  elif name in MASK_ONLY:
     kwargs["mask"] = mask
-  elif name == "muon":  # `layout` in place of its default attention_layout("whole").
-    return muon_kernels(**kwargs, mask=mask, layout=layout)
+  elif name in ("muon", "speedrun_muon"):  # `layout` in place of their default attention views.
+    return factory(**kwargs, mask=mask, layout=layout)
   elif name != "muon_momentum":
     kwargs.update(mask=mask, layout=layout)
   return factory(**kwargs)
@@ -234,9 +248,9 @@ def drop_none(t: dict) -> dict:
   return {k: v for k, v in t.items() if v is not None and k != "norm"}
 
 
-# `orthogonalise` takes a mask only and `muon_momentum` no spec: only the specs that reach them.
+# MASK_ONLY take a mask only and `muon_momentum` no spec: only the specs that reach them.
 NONE_CASES = [(name, spec) for name in NAMES for spec in sorted(SPECS)
-              if not (name == "orthogonalise" and not spec.startswith("mask"))
+              if not (name in MASK_ONLY and not spec.startswith("mask"))
               and not (name == "muon_momentum" and spec != "mask_tree")]
 
 
@@ -334,6 +348,11 @@ def test_dense_layers_with_attention_names_are_plain_matrices(name):
   alone, and `muon()` raised on a (16, 3) `value` head. A kernel whose one-layer shape has two
   axes is a plain matrix under the 'whole' view, whatever its name: the update is `Layout()`'s."""
   params, grads = named_like_attention(0), named_like_attention(1)
+  if name == "speedrun_muon":  # Its own "heads" view of query and key has no heads to split.
+    tx = build_with(name, mask=orthax.masks.kernels, layout=SCAN_LAYOUT)
+    with pytest.raises(ValueError, match=r"\['query'\]\['kernel'\].*leave its module's name"):
+      tx.init(params)
+    return
   tx = build_with(name, mask=orthax.masks.kernels,
                   layout=orthax.attention_layout("whole", base=SCAN_LAYOUT))
   plain = build_with(name, mask=orthax.masks.kernels, layout=SCAN_LAYOUT)
