@@ -86,15 +86,15 @@ def iteration_tol(coefficients: Any, dim: int, s_min: float = 0.0, dtype: Any = 
 
 
 def assert_trees_close_relative(actual: Any, expected: Any, rtol: float) -> None:
-  """Same structure, and every leaf within rtol * (the expected leaf's largest |entry|): a
-  relative bound that holds for updates of any size, where an atol would hide errors in a small
-  update."""
+  """Same structure, and every entry of each leaf within rtol * (the expected leaf's Frobenius
+  norm), which a relative error rtol in any norm implies: it holds for updates of any size, where
+  an atol would hide errors in a small update."""
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
   flat_actual = jax.tree_util.tree_flatten_with_path(actual)[0]
   for (path, a), e in zip(flat_actual, jax.tree.leaves(expected), strict=True):
     e = np.asarray(e, np.float64)
     np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=0,
-                               atol=rtol * np.max(np.abs(e), initial=0.0),
+                               atol=rtol * np.linalg.norm(e),
                                err_msg=jax.tree_util.keystr(path))
 
 
