@@ -3,7 +3,6 @@
 import json
 import sys
 import tarfile
-import time
 
 import pytest
 
@@ -41,14 +40,14 @@ def test_smoke_writes_every_stage_and_the_table1_rows(tmp_path):
 
 
 def test_a_stage_over_its_time_is_stopped():
-  start = time.monotonic()
+  """The outcome, not the elapsed time: the sleeper, which would finish "ok" after 60 s, is
+  recorded as timed out, and the other stages are unaffected."""
   status = evidence.run_processes(
       {"sleeper": [sys.executable, "-c", "import time; time.sleep(60)"],
        "quick": [sys.executable, "-c", "pass"],
        "failing": [sys.executable, "-c", "raise SystemExit(3)"]},
       timeout_s=3, env=evidence.python_env())
   assert status == {"sleeper": "timed out", "quick": "ok", "failing": "exit 3"}
-  assert time.monotonic() - start < 30
 
 
 def test_table1_rows_of_a_partial_run(tmp_path):
