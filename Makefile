@@ -102,3 +102,10 @@ $(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
 test-floors: $(FLOORS_VENV)/.installed
 	$(FLOORS_VENV)/bin/python -m pip list | grep -iE '^(jax|jaxlib|optax|numpy|scipy|threadpoolctl|flax) '
 	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider -n auto $(FAST_TIER) $(FLOOR_TESTS)
+
+# The numerical tests under settings that change float32 rounding (fast math on and off, one
+# thread, matmul precision "highest"): tolerances must hold on every CPU, not just this one.
+# Not in CI (it runs them five times).
+.PHONY: test-numerics
+test-numerics: $(STAMP)
+	.ci/numerics.sh $(VENV)/bin/python

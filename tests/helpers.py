@@ -16,6 +16,88 @@ def polar_reference(g: Any) -> np.ndarray:
   return u @ vt
 
 
+# Tolerances. Every numerical tolerance in the tests is one of these bounds (or a stated margin
+# over one), never what one CPU printed: other CPUs round float32 differently (vector width, fused
+# multiply-add, summation order, threads), so a test must allow the whole bound.
+
+
+def eps(dtype: Any = np.float32) -> float:
+  """The spacing of 1.0 in dtype: 2^-23 for float32, 2^-7 for bfloat16, 2^-52 for float64."""
+  return float(jnp.finfo(dtype).eps)
+
+
+def round_off(dim: int, dtype: Any = np.float32) -> float:
+  """Relative error of a length-dim dot product, or of a backward-stable decomposition of a
+  matrix whose longer side is dim: 2 sqrt(dim) eps.
+
+  The deterministic worst case is dim * eps / 2 (Higham's gamma_dim); rounding errors of
+  different signs cancel, and Higham and Mary's probabilistic bound, lambda sqrt(dim) eps / 2,
+  holds with probability at least 1 - 2 exp(-lambda^2 / 2) per product: lambda = 4 (99.93 %).
+  """
+  return 2.0 * np.sqrt(max(dim, 1)) * eps(dtype)
+
+
+def condition_number(g: Any) -> float:
+  """sigma_max / sigma_min of a matrix (the largest over a stack), in float64."""
+  s = np.linalg.svd(np.asarray(g, np.float64), compute_uv=False)
+  return float(np.max(s[..., 0] / s[..., -1]))
+
+
+def polar_tol(kappa: float, dim: int, dtype: Any = np.float32) -> float:
+  """Bound on max |O - U V^T| (spectral norm, so every entry) for a polar factor O computed in
+  dtype from G with condition number kappa and longer side dim.
+
+  A backward-stable method returns the exact polar factor of G + dG with
+  ||dG|| <= round_off(dim) ||G||, and the polar factor moves by at most 3 ||dG|| / sigma_min
+  (Li and Sun's perturbation bound for rectangular matrices): 3 kappa round_off(dim).
+  """
+  return 3.0 * kappa * round_off(dim, dtype)
+
+
+def iteration_gain(coefficients: Any, s_min: float = 0.0) -> float:
+  """How much an odd polynomial iteration X <- a X + b X X^T X + c (X X^T)^2 X amplifies
+  round-off: the sum over steps k = 0..K of the largest slope of the remaining steps' composed
+  polynomial (its derivative, and f(s) / s, which bound every divided difference and so the
+  matrix function's Frechet derivative), over the singular values the iteration meets when its
+  input's lie in [s_min, 1] (Frobenius-normalised). Computed in float64 on a grid."""
+  coefficients = np.asarray(coefficients, np.float64)
+  s = np.unique(np.concatenate([np.linspace(s_min, 1.0, 4001),
+                                np.logspace(np.log10(max(s_min, 1e-9)), 0, 4001)]))
+  s = s[s > 0]
+  gain, y0 = 0.0, s
+  for k in range(len(coefficients) + 1):
+    y, slope = y0, np.ones_like(s)
+    for a, b, c in coefficients[k:]:
+      slope = slope * (a + 3 * b * y**2 + 5 * c * y**4)
+      y = a * y + b * y**3 + c * y**5
+    gain += max(float(np.abs(slope).max()), float(np.abs(y / y0).max()))
+    if k < len(coefficients):
+      a, b, c = coefficients[k]
+      y0 = a * y0 + b * y0**3 + c * y0**5
+  return gain
+
+
+def iteration_tol(coefficients: Any, dim: int, s_min: float = 0.0, dtype: Any = np.float32
+                  ) -> float:
+  """Bound on the spectral distance between the iteration run in dtype and run exactly: each
+  step's round-off (round_off(dim), relative to ||X|| <= 1) times the gain of the steps after it
+  (`iteration_gain`)."""
+  return iteration_gain(coefficients, s_min) * round_off(dim, dtype)
+
+
+def assert_trees_close_relative(actual: Any, expected: Any, rtol: float) -> None:
+  """Same structure, and every entry of each leaf within rtol * (the expected leaf's Frobenius
+  norm), which a relative error rtol in any norm implies: it holds for updates of any size, where
+  an atol would hide errors in a small update."""
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  flat_actual = jax.tree_util.tree_flatten_with_path(actual)[0]
+  for (path, a), e in zip(flat_actual, jax.tree.leaves(expected), strict=True):
+    e = np.asarray(e, np.float64)
+    np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=0,
+                               atol=rtol * np.linalg.norm(e),
+                               err_msg=jax.tree_util.keystr(path))
+
+
 def random_matrix(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
   """A float32 Gaussian array; tall or wide random matrices are well conditioned."""
   return rng.standard_normal(shape).astype(np.float32)

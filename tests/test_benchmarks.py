@@ -1,6 +1,7 @@
 """Every benchmark runs end to end on its smallest sizes, so none rots (no timings checked)."""
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -21,7 +22,15 @@ def test_suite_smoke(tmp_path, capsys):
   suite.main(["--smoke", "--out", str(tmp_path)])
   out = capsys.readouterr().out
   for name in NAMES:
-    assert (tmp_path / f"{name}.json").exists(), name
+    rows = json.loads((tmp_path / f"{name}.json").read_text())["rows"]
+    assert rows, name
+    for row in rows:
+      # Every error the benchmark measured is a number (not NaN, inf or missing) and >= 0, and
+      # every sharded update kept its parameters' shardings.
+      for key, value in row.items():
+        if any(word in key for word in ("err", "dist", "round-off", "diff")):
+          assert isinstance(value, float) and math.isfinite(value) and value >= 0, (name, key)
+      assert row.get("shardings kept", True) is True, (name, row)
     table = (tmp_path / f"{name}.md").read_text()
     assert table.startswith("| ") and "| ---" in table and "jax" in table, name
     assert f"{name}: " in out

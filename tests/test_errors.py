@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import flax.core
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import orthax
-from tests.helpers import stable_id
+from tests.helpers import assert_trees_close_relative, condition_number, polar_tol, stable_id
 
 PARAMS = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
           "conv": {"kernel": jnp.ones((3, 3, 2, 4))}}
@@ -53,8 +55,20 @@ def test_numpy_scalars_and_concrete_arrays_are_accepted(kwargs):
 
   Fails in orthax 0.1.0 for np.float32 and np.int64, which `_method_fn`'s isinstance checks
   against (int, float) and int reject (np.float64 passes only because it subclasses float).
+  They give the update that the same Python number gives.
   """
-  orthax.orthogonalise_components(**kwargs)
+  plain = {k: v.item() if hasattr(v, "item") else v for k, v in kwargs.items()}
+  tx, expected = orthax.orthogonalise_components(**kwargs), orthax.orthogonalise_components(**plain)
+  assert isinstance(tx, optax.GradientTransformation)
+  grads = jax.tree.map(lambda x: x * jnp.arange(1, x.size + 1).reshape(x.shape) % 7, PARAMS)
+  updates = tx.update(grads, tx.init(PARAMS))[0]
+  # The same computation, or (rtol as an array) one that rounds differently: each within the
+  # polar factor's float32 bound, so within twice that of each other.
+  kappa = max(condition_number(g) for g in [grads["dense"]["kernel"],
+                                            grads["conv"]["kernel"].reshape(18, 4)])
+  assert_trees_close_relative(updates, expected.update(grads, expected.init(PARAMS))[0],
+                              2 * polar_tol(kappa, 18))
+  assert not np.array_equal(updates["dense"]["kernel"], grads["dense"]["kernel"])
 
 
 @pytest.mark.parametrize("build", [orthax.normalise, orthax.normalise_components])

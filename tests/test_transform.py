@@ -18,12 +18,18 @@ import pytest
 from flax import nnx
 
 import orthax
+from orthax._src import polar_iterative as polar_src
 from tests.helpers import (
-    assert_orthonormal_columns,
-    assert_trees_allclose,
-    assert_trees_equal,
-    polar_reference,
-    random_matrix,
+  assert_orthonormal_columns,
+  assert_trees_allclose,
+  assert_trees_close_relative,
+  assert_trees_equal,
+  condition_number,
+  eps,
+  iteration_tol,
+  polar_reference,
+  polar_tol,
+  random_matrix,
 )
 
 EXACT = ("svd", "eigh", "auto")
@@ -211,7 +217,17 @@ def test_dtype_is_kept(method, dtype):
   grads = make_params(dtype=dtype)
   out, _ = jitted_update(method)(grads, optax.EmptyState())
   assert jax.tree.map(lambda x: x.dtype, out) == jax.tree.map(lambda x: x.dtype, grads)
-  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out))
+  # The values: the float32 update of the same numbers, to one rounding of the output in dtype
+  # (eps / 2, doubled) plus twice float32's bound (each float32 computation within it).
+  f32 = jax.tree.map(lambda x: x.astype(jnp.float32), grads)
+  matrices = [f32["Dense_0"]["kernel"], f32["Conv_0"]["kernel"].reshape(CONV_MATRIX)]
+  kappa = max(condition_number(m) for m in matrices)
+  s_min = min(float(np.linalg.svd(m, compute_uv=False)[-1] / np.linalg.norm(m)) for m in matrices)
+  bound = (polar_tol(kappa, 18) if method in EXACT else iteration_tol(
+      np.tile(polar_src.NEWTON_SCHULZ_COEFFICIENTS, (5, 1)) if method == "newton_schulz"
+      else orthax.polar.polar_express_coefficients(5), 18, s_min))
+  expected = jitted_update(method)(f32, optax.EmptyState())[0]
+  assert_trees_close_relative(out, expected, eps(dtype) + 2 * bound)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
