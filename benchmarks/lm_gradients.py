@@ -29,6 +29,7 @@ import numpy as np
 import scipy.linalg
 
 from benchmarks import common
+from examples.lib import compare as compare_lib
 from examples.shakespeare_char import configs, data, train
 from orthax import polar
 from orthax._src import polar_conventions, polar_exact
@@ -38,7 +39,7 @@ def hidden_gradients(steps: int, path: str | None, synthetic: bool):
   """AdamW's training run after `steps` steps, and its gradient's 24 hidden matrices (P >= N)."""
   small = dict(layers=1, width=16, heads=2, context=8, batch_size=2) if synthetic else {}
   config = configs.Config(optimizers=("adamw@lr=0.008",), data=path, synthetic=synthetic, **small)
-  config = train.run_config(config, config.optimizers[0], 0)
+  config = compare_lib.run_config(config, config.optimizers[0], 0)
   corpus = data.load(config.data, synthetic=config.synthetic)
   run = train.Run(config, corpus, 0)
   for _ in range(steps):

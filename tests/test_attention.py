@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import orthax
-from tests.helpers import assert_trees_equal, polar_reference
+from tests.helpers import assert_trees_equal, condition_number, polar_reference, polar_tol
 
 EMBED, HEADS, HEAD_DIM, LAYERS = 8, 4, 4, 3
 INPUTS = ("query", "key", "value")
@@ -183,7 +183,23 @@ def test_group_heads_passes_state_and_params_through():
   tx = orthax.group_heads(optax.chain(inner, optax.add_decayed_weights(0.5)), 2)
   state = tx.init(params)
   updates, state = tx.update(grads, state, params)
-  assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
+  # Against numpy: each pair of heads is one (embed, 2 head_dim) matrix (out: (2 head_dim,
+  # embed)), orthogonalised whole, plus the decay of the params, which reach the inner chain.
+  for name, heads_axis in (("query", 1), ("key", 1), ("value", 1), ("out", 0)):
+    g, x = (np.moveaxis(np.asarray(jax.tree.leaves(t[name]["kernel"])[0]), heads_axis, 0)
+            for t in (grads, params))
+    got = np.moveaxis(np.asarray(jax.tree.leaves(updates[name]["kernel"])[0]), heads_axis, 0)
+    for pair in range(HEADS // 2):
+      heads = slice(2 * pair, 2 * pair + 2)
+      if heads_axis == 1:  # (heads, embed, head_dim) -> (embed, 2 head_dim)
+        matrix = np.concatenate(list(g[heads]), axis=1)
+        want = np.stack(np.split(polar_reference(matrix), 2, axis=1))
+      else:  # (heads, head_dim, embed) -> (2 head_dim, embed)
+        matrix = np.concatenate(list(g[heads]), axis=0)
+        want = np.stack(np.split(polar_reference(matrix), 2, axis=0))
+      np.testing.assert_allclose(got[heads], want + 0.5 * x[heads], rtol=0,
+                                 atol=polar_tol(condition_number(matrix), 2 * EMBED),
+                                 err_msg=f"{name} heads {heads}")
   with pytest.raises(ValueError, match="params"):  # Decay needs params: they reach the inner one.
     tx.update(grads, state)
 

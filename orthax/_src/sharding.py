@@ -127,13 +127,13 @@ def stack_spec(members: Sequence[tuple[Array, MatrixView]], mesh) -> PartitionSp
   """How a shape group's (B, P, N) stack is sharded on its way to and from the devices that
   decompose it: P split over every device (as FSDP splits a kernel's first axis) where each
   member's parameter axis that leads P divides evenly, else N, else replicated. None without a
-  mesh; replicated on a mesh of automatic axes. Under explicit axes, a group whose members all
-  already have one of these shardings keeps it (a replicated group stays replicated: its
-  results must reach every device anyway).
+  mesh; replicated on a mesh of automatic axes or of one device. Under explicit axes, a group
+  whose members all already have one of these shardings keeps it (a replicated group stays
+  replicated: its results must reach every device anyway).
   """
   if mesh is None:
     return None
-  if not mesh.explicit_axes:
+  if not mesh.explicit_axes or mesh.size == 1:
     # A constraint more sharded than a gradient computed in the same program propagates back
     # into that computation (and to the parameters'); only explicit axes keep it local.
     return PartitionSpec()
