@@ -85,9 +85,10 @@ dist-check: $(DIST_STAMP)
 # The declared dependency floors: a fresh environment with every floor of pyproject.toml
 # installed exactly (.ci/floor_constraints.py), running the library's own tests.
 FLOORS_VENV := .venv-floors
-# Every library test file (tests/, the fast tier: the examples need the examples extra, absent
-# here). A test that a floor cannot run says so with its own skip reason.
-FLOOR_TESTS := tests
+# Every library test file: those of tests/ that import neither examples/ nor benchmarks/ (they
+# need the examples extra, absent here), in the fast tier. A test that a floor cannot run says so
+# with its own skip reason.
+FLOOR_TESTS := $(shell grep -L -E '^(from|import) (examples|benchmarks)' tests/test_*.py)
 
 $(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
 	rm -rf $(FLOORS_VENV)

@@ -147,3 +147,12 @@ def stable_id(value) -> str:
   import re
   text = repr(sorted(value)) if isinstance(value, (set, frozenset)) else repr(value)
   return re.sub(r" at 0x[0-9a-f]+", "", text)
+
+
+def float64():
+  """A context in which jax computes in float64, leaving the global setting alone:
+  `jax.enable_x64(True)`, or `jax.experimental.enable_x64()` before jax had it (jax 0.7)."""
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64
+  return enable_x64()

@@ -1,6 +1,7 @@
 """The exact methods' derivative: the polar factor's, against float64 central finite differences.
 
-Each test runs in float64 inside `jax.enable_x64(True)`, which leaves the global setting alone.
+Each test runs in float64 inside `tests.helpers.float64()` (`jax.enable_x64(True)`), which
+leaves the global setting alone.
 Finite differences with step h have error O(h^2) (third derivatives of size O(1 / s_min^2)) plus
 O(eps_64 / h); with h = 1e-5 both are far below the 1e-5 asked of the derivative.
 """
@@ -12,6 +13,7 @@ import pytest
 
 import orthax
 from orthax import polar
+from tests.helpers import float64
 
 EXACT = {"svd": polar.svd, "eigh": polar.eigh, "qdwh": polar.qdwh, "auto": polar.auto}
 STEP = 1e-5
@@ -48,21 +50,21 @@ def with_singular_values(rng, p, n, s):
 
 @pytest.mark.parametrize("name", EXACT)
 def test_gradient_at_repeated_singular_values(name):
-  with jax.enable_x64(True):
+  with float64():
     check_gradient(EXACT[name], 2 * np.eye(6, 3))  # G = 2 [I; 0]: every singular value is 2.
 
 
 @pytest.mark.parametrize("name", EXACT)
 @pytest.mark.parametrize("shape", [(6, 3), (3, 6), (4, 4)])
 def test_gradient_at_a_generic_matrix(name, shape):
-  with jax.enable_x64(True):
+  with float64():
     g = np.random.default_rng(0).standard_normal(shape)
     check_gradient(EXACT[name], g)
 
 
 @pytest.mark.parametrize("name", EXACT)
 def test_gradient_with_a_repeated_pair_of_a_square_matrix(name):
-  with jax.enable_x64(True):
+  with float64():
     g = with_singular_values(np.random.default_rng(2), 4, 4, [1.0, 1.0, 0.5, 2.0])
     check_gradient(EXACT[name], g)
 
@@ -70,7 +72,7 @@ def test_gradient_with_a_repeated_pair_of_a_square_matrix(name):
 @pytest.mark.parametrize("name", EXACT)
 def test_gradient_at_zero_is_zero(name):
   """Documented: nothing is kept at a zero matrix, so the derivative is zero (not NaN)."""
-  with jax.enable_x64(True):
+  with float64():
     grad = jax.grad(lambda g: jnp.sum(EXACT[name](g)))(jnp.zeros((5, 3)))
     np.testing.assert_array_equal(grad, np.zeros((5, 3)))
 
@@ -83,7 +85,7 @@ def test_gradient_of_a_rank_deficient_matrix_is_the_truncated_factors(name, shap
   With rtol = 1e-3, a perturbation of size h = 1e-5 leaves the dropped directions below the
   tolerance, so the finite differences are those of the truncated factor too.
   """
-  with jax.enable_x64(True):
+  with float64():
     g = with_singular_values(np.random.default_rng(3), *shape, [1.0, 0.7])  # Rank 2.
     grad = check_gradient(EXACT[name], g, rtol=1e-3)
     # Not the gradient of the full-rank factor: the null directions' terms are there.
@@ -91,7 +93,7 @@ def test_gradient_of_a_rank_deficient_matrix_is_the_truncated_factors(name, shap
 
 
 def test_jvp_matches_finite_differences_in_a_direction():
-  with jax.enable_x64(True):
+  with float64():
     rng = np.random.default_rng(4)
     g, d = rng.standard_normal((2, 8, 5))
     out, tangent = jax.jvp(polar.svd, (jnp.asarray(g),), (jnp.asarray(d),))

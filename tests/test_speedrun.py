@@ -130,6 +130,8 @@ def test_default_method_is_polar_express():
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, u_default, u_exact)))
 
 
+# An examples test: examples.lib needs optax.contrib.MuonDimensionNumbers, newer than the floor.
+@pytest.mark.examples
 def test_the_examples_name_it():
   from examples.lib import optimizers
   tx = optimizers.make_optimizer("speedrun-muon", learning_rate=0.02, mask="hidden")

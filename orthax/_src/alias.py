@@ -92,7 +92,7 @@ def _scale_by_layer_trust_ratio(
       out.append(u * jnp.where(zero, jnp.ones((), p.dtype), ratio))
     return jax.tree.unflatten(treedef, out), state
 
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def orthogonal_sgd(

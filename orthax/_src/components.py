@@ -222,7 +222,7 @@ def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any
   eqx.is_array)` leaves None for every non-array field) holds no leaf, so the spec's None or
   single value there is ignored; and wrappers such as `optax.masked` and `optax.multi_transform`
   hand over params in which the leaves (or whole subtrees) they leave out are
-  `optax.MaskedNode`s, where likewise the spec's value is ignored.
+  `optax.MaskedNode` placeholders, where likewise the spec's value is ignored.
   """
   leaves = jax.tree_util.tree_leaves(params)
   if callable(spec) and not is_spec_leaf(spec):

@@ -38,7 +38,7 @@ def exclude(*patterns: str, base: Mask = kernels) -> Mask:
   """`base` (default `kernels`) minus the leaves whose path matches any of `patterns`.
 
   `base` is a mask callable or tree as `mask=` takes it (a prefix tree, None nodes and
-  `optax.MaskedNode`s included); the result has the params' structure.
+  `optax.MaskedNode` placeholders included); the result has the params' structure.
 
   A pattern matches a leaf when it equals one of the names on the leaf's path (e.g.
   `"Embed_0"`, `"head"`) or, as a shell glob, the whole path joined by `/` (e.g.
