@@ -151,3 +151,12 @@ def prepare(x: Array, name: str, compute_dtype: Any) -> Prepared:
     return out.reshape(batch + x.shape[-2:]).astype(x.dtype)
 
   return Prepared(flat, finite[:, 0, 0], restore)
+
+
+def tall_by_platform(x: Array, *, cpu: Callable[[Array], Array],
+                     default: Callable[[Array], Array]) -> Array:
+  """`cpu` on a CPU backend, `default` elsewhere, each given the stack with P >= N: a wide stack
+  goes through its transpose (its polar factor is the transpose of its transpose's)."""
+  wide = x.shape[-2] < x.shape[-1]
+  o = jax.lax.platform_dependent(mT(x) if wide else x, cpu=cpu, default=default)
+  return mT(o) if wide else o

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import each, single_thread_cpu_lapack
-from orthax._src.polar_conventions import mT, prepare, tolerance
+from orthax._src.polar_conventions import mT, prepare, tall_by_platform, tolerance
 from orthax._src.polar_derivative import with_polar_derivative
 
 Array = jax.Array
@@ -161,12 +161,8 @@ def qdwh(x: Array, *, rtol: float | Array | None = None, compute_dtype: Any = jn
 
   def polar(x: Array, ok: Array, *traced_tol: Array) -> Array:
     t = traced_tol[0] if traced_tol else tol
-    wide = x.shape[-2] < x.shape[-1]
-    g = mT(x) if wide else x
-    o = jax.lax.platform_dependent(
-        g, cpu=functools.partial(_qdwh_each, tol=t, ok=ok, lower=lower),
-        default=functools.partial(_qdwh_batched, tol=t, ok=ok, lower=lower))
-    return mT(o) if wide else o
+    return tall_by_platform(x, cpu=functools.partial(_qdwh_each, tol=t, ok=ok, lower=lower),
+                            default=functools.partial(_qdwh_batched, tol=t, ok=ok, lower=lower))
 
   return restore(with_polar_derivative(polar, stack, ok, *((tol,) if isinstance(tol, jax.Array)
                                                            else ())))
