@@ -29,8 +29,9 @@ CONTENDERS = {
     "orthogonal-sgdm newton_schulz": ("orthogonal-sgdm", "newton_schulz"),
     "orthogonal-sgdm qdwh": ("orthogonal-sgdm", "qdwh"),
     "orthogonal-sgdm polar_express": ("orthogonal-sgdm", "polar_express"),
+    "orthogonal-sgdm polar_express7": ("orthogonal-sgdm", "polar_express", 7),
     "muon": ("muon", "auto"),
-}
+}  # label: (optimiser, method[, steps of the approximate method])
 SMOKE = ("sgdm", "orthogonal-sgdm auto", "muon")
 BATCH = {"basic_cnn": 1024, "resnet20": 1024, "resnet50": 256}  # the batch sizes
 
@@ -83,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     variables = model.init(key, images[:2], train=False)
     contenders = {k: CONTENDERS[k] for k in chosen}
     compiled, compile_s, inputs = {}, {}, {}
-    for label, (optimizer, method) in contenders.items():
+    for label, (optimizer, method, *steps) in contenders.items():
       tx = optimizers.make_optimizer(optimizer, learning_rate=1e-2, momentum=0.9,
-                                     weight_decay=5e-4, method=method)
+                                     weight_decay=5e-4, method=method, steps=(steps or [None])[0])
       inputs[label] = (variables["params"], variables["batch_stats"],
                        tx.init(variables["params"]), images, labels)
       compiled[label], compile_s[label] = common.compile_seconds(
