@@ -234,12 +234,18 @@ def test_eigh_falls_back_per_matrix_on_mixed_stacks(shape, bad):
     # value, U^T O V = I to polar_tol at 1e2 (as in test_eigh_is_exact_on_ill_conditioned_input).
     u, s, vt = np.linalg.svd(g[i].astype(np.float64), full_matrices=False)
     big = s > 1e-2 * s[0]
-    np.testing.assert_allclose(u[:, big].T @ o[i] @ vt[big].T, np.eye(int(big.sum())), rtol=0,
-                               atol=polar_tol(min(condition_number(g[i]), 1e2), max(shape)))
+    core_tol = polar_tol(min(condition_number(g[i]), 1e2), max(shape))
+
+    def core(x, u=u, vt=vt, big=big):
+      return u[:, big].T @ x @ vt[big].T
+
+    np.testing.assert_allclose(core(o[i]), np.eye(int(big.sum())), rtol=0, atol=core_tol)
     alone = np.asarray(polar.eigh(jnp.asarray(g[i])))
     np.testing.assert_allclose(o[i], alone, rtol=0, atol=2 * tol)
+    np.testing.assert_allclose(core(o[i]), core(alone), rtol=0, atol=2 * core_tol)
     if i in bad:
       np.testing.assert_allclose(o[i], exact[i], rtol=0, atol=2 * tol)
+      np.testing.assert_allclose(core(o[i]), core(exact[i]), rtol=0, atol=2 * core_tol)
     else:  # the Gram route, not the SVD: close to it, but not bit for bit
       assert not np.array_equal(o[i], exact[i])
 
