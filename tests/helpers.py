@@ -122,8 +122,9 @@ def assert_trees_equal(actual: Any, expected: Any) -> None:
     np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=jax.tree_util.keystr(path))
 
 
-def assert_orthonormal_columns(x: Any, atol: float = 1e-5) -> None:
-  """The (P, N) matrix x with P >= N has O^T O = I."""
+def assert_orthonormal_columns(x: Any, atol: float) -> None:
+  """The (P, N) matrix x with P >= N has O^T O = I, to atol (twice the bound on the factor's
+  error, and its square: O^T O - I = dO^T U + U^T dO + dO^T dO)."""
   x = np.asarray(x, np.float64)
   np.testing.assert_allclose(x.T @ x, np.eye(x.shape[1]), atol=atol)
 

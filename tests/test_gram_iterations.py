@@ -16,7 +16,7 @@ import pytest
 
 from orthax import polar
 from orthax._src import polar_iterative as polar_src
-from tests.helpers import iteration_tol
+from tests.helpers import iteration_tol, round_off
 
 SCHEDULES = {
     "newton_schulz": np.tile(np.asarray(polar_src.NEWTON_SCHULZ_COEFFICIENTS), (5, 1)),
@@ -128,10 +128,13 @@ def test_gram_form_needs_its_restarts():
     p=st.integers(1, 40), n=st.integers(1, 40), log_kappa=st.floats(0, 6),
     schedule=st.sampled_from(sorted(SCHEDULES)), seed=st.integers(0, 2**16))
 def test_gram_form_round_off_is_the_plain_forms(p, n, log_kappa, schedule, seed):
+  """The Gram form's error is within 3 times the plain form's, plus a floor for when the plain
+  form happens to be very accurate: each step's round-off, unamplified (K round_off(dim))."""
   g = conditioned(np.random.default_rng(seed), p, n, 10.0**log_kappa, batch=2)
   plain, gram = both_forms(g, SCHEDULES[schedule])
   exact = iterate64(g, SCHEDULES[schedule])
-  assert spectral(gram, exact) < 3 * spectral(plain, exact) + 2e-5
+  floor = len(SCHEDULES[schedule]) * round_off(max(p, n))
+  assert spectral(gram, exact) < 3 * spectral(plain, exact) + floor
 
 
 @pytest.mark.parametrize("method", [polar.newton_schulz, polar.polar_express])

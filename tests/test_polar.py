@@ -15,7 +15,7 @@ import pytest
 import orthax
 import orthax._src.polar
 from orthax import polar
-from tests.helpers import condition_number, eps, iteration_tol, polar_tol
+from tests.helpers import condition_number, eps, iteration_tol, polar_tol, round_off
 from tests.test_gram_iterations import SCHEDULES, iterate64
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +38,20 @@ def conditioned(rng, p, n, kappa, batch=()):
   v, _ = np.linalg.qr(rng.standard_normal(batch + (n, k)))
   s = np.logspace(0, -np.log10(kappa), k)
   return ((u * s[..., None, :]) @ np.swapaxes(v, -1, -2)).astype(np.float32)
+
+
+def tol_of(name: str, g: np.ndarray) -> float:
+  """Bound on float32's error in method `name` on g (spectral, so every entry): polar_tol at g's
+  condition number for the exact methods, iteration_tol (default 5 steps) over g's
+  Frobenius-normalised singular values for the iterations."""
+  g = np.asarray(g, np.float64)
+  dim = max(g.shape[-2:])
+  if name in EXACT:
+    return polar_tol(condition_number(g), dim)
+  s = np.linalg.svd(g, compute_uv=False)
+  s_min = float(np.min(s[..., -1] / np.linalg.norm(s, axis=-1)))
+  schedule = "newton_schulz" if name == "newton_schulz" else "polar_express-5"
+  return iteration_tol(SCHEDULES[schedule], dim, s_min)
 
 
 def orthonormality_error(o: np.ndarray) -> float:
@@ -86,12 +100,19 @@ def test_invariances(name):
   def f(x):
     return np.asarray(ALL[name](jnp.asarray(x, jnp.float32)), np.float64)
   o = f(g)
-  atol = 1e-5 if name in EXACT else 1e-4
-  np.testing.assert_allclose(f(37.0 * g), o, atol=atol)
-  np.testing.assert_allclose(f(1e-3 * g), o, atol=atol)
-  np.testing.assert_allclose(f(q @ g @ r), q @ o @ r, atol=atol)
+  # Both sides are float32 computations, each within `tol` of the method in exact arithmetic on
+  # its input; rounding 37 G, 1e-3 G or Q G R to float32 (eps / 2 per entry, below the round-off
+  # `tol` allows) moves that by at most one `tol` more.
+  tol = tol_of(name, g)
+  np.testing.assert_allclose(f(37.0 * g), o, rtol=0, atol=3 * tol)
+  np.testing.assert_allclose(f(1e-3 * g), o, rtol=0, atol=3 * tol)
+  np.testing.assert_allclose(f(q @ g @ r), q @ o @ r, rtol=0, atol=3 * tol)
   if name in EXACT:
-    np.testing.assert_allclose(f(o), o, atol=atol)
+    # The polar factor of O is U V^T of O's SVD, which is max |s_i - 1| from O (numpy measures
+    # it), and f(O) is within polar_tol at O's condition number of that.
+    s = np.linalg.svd(o, compute_uv=False)
+    np.testing.assert_allclose(f(o), o, rtol=0,
+                               atol=polar_tol(s[0] / s[-1], 24) + np.abs(s - 1).max())
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -142,11 +163,20 @@ def test_rank_deficient_gradient_keeps_only_its_directions(name):
   g = (rng.standard_normal((512, 4)) @ rng.standard_normal((4, 10))).astype(np.float32)
   o = np.asarray(EXACT[name](jnp.asarray(g)), np.float64)
   u, s, vt = np.linalg.svd(g.astype(np.float64), full_matrices=False)
-  np.testing.assert_allclose(o, u[:, :4] @ vt[:4], atol=1e-5)
-  assert np.sum(o**2) == pytest.approx(4.0, abs=1e-4)
+  # The kept directions' factor moves by at most 3 ||dG|| / s_4 (s_5 = 0): polar_tol at s_1 / s_4.
+  tol = polar_tol(s[0] / s[3], 512)
+  np.testing.assert_allclose(o, u[:, :4] @ vt[:4], rtol=0, atol=tol)
+  # | ||O + dO||_F^2 - 4 | <= 2 ||O||_F ||dO||_F + ||dO||_F^2, dO of rank at most 8.
+  frobenius = np.sqrt(8) * tol
+  assert abs(np.sum(o**2) - 4.0) <= 2 * 2 * frobenius + frobenius**2
   # rtol=0 is the paper's U V^T: the 6 directions of round-off come back at full size.
+  # ||U V^T||_F^2 = tr(U^T U V^T V) is within 10 (||E|| + ||F|| + ||E|| ||F||) of 10, where E =
+  # U^T U - I and F = V^T V - I are at most round_off(512) for a backward-stable SVD; the float32
+  # product U V^T adds at most round_off(10) ||U||_F ||V||_F = 10 round_off(10) in the Frobenius
+  # norm, so 2 sqrt(10) times that to the square.
   raw = np.asarray(polar.svd(jnp.asarray(g), rtol=0.0), np.float64)
-  assert np.sum(raw**2) == pytest.approx(10.0, abs=1e-3)
+  e = round_off(512)
+  assert abs(np.sum(raw**2) - 10.0) <= 10 * (2 * e + e**2) + 2 * np.sqrt(10) * 10 * round_off(10)
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -157,7 +187,9 @@ def test_rtol_drops_small_directions(name):
   s = np.array([1.0, 0.5, 0.2, 0.05, 0.004, 0.001])
   g = ((u * s) @ v.T).astype(np.float32)
   o = np.asarray(EXACT[name](jnp.asarray(g), rtol=1e-2), np.float64)
-  np.testing.assert_allclose(o, u[:, :4] @ v[:, :4].T, atol=1e-5)
+  # Wedin: the kept directions' factor moves by at most 3 ||dG|| / (0.05 - 0.004), polar_tol at
+  # kappa 1 / 0.046.
+  np.testing.assert_allclose(o, u[:, :4] @ v[:, :4].T, rtol=0, atol=polar_tol(1 / 0.046, 30))
 
 
 def test_eigh_is_exact_on_ill_conditioned_input():
@@ -193,11 +225,27 @@ def test_eigh_falls_back_per_matrix_on_mixed_stacks(shape, bad):
   exact = np.asarray(polar.svd(jnp.asarray(np.swapaxes(g, 1, 2) if wide else g)))
   exact = np.swapaxes(exact, 1, 2) if wide else exact
   for i in range(5):
-    np.testing.assert_allclose(o[i], reference(g[i]), atol=1e-3 if i in bad else 1e-5)
+    # Every route is held to polar_tol; two float32 results (stacked and alone, eigh's and svd's)
+    # to twice it. The Gram route on a matrix at kappa 1e4 is off by O(1) (its Gram is at 1e8,
+    # beyond float32): far outside polar_tol(1e4, 96) ~ 0.07.
+    tol = polar_tol(condition_number(g[i]), max(shape))
+    np.testing.assert_allclose(o[i], reference(g[i]), rtol=0, atol=tol)
+    # That bound is loose at 1e4, so also: on the directions above 1e-2 of the largest singular
+    # value, U^T O V = I to polar_tol at 1e2 (as in test_eigh_is_exact_on_ill_conditioned_input).
+    u, s, vt = np.linalg.svd(g[i].astype(np.float64), full_matrices=False)
+    big = s > 1e-2 * s[0]
+    core_tol = polar_tol(min(condition_number(g[i]), 1e2), max(shape))
+
+    def core(x, u=u, vt=vt, big=big):
+      return u[:, big].T @ x @ vt[big].T
+
+    np.testing.assert_allclose(core(o[i]), np.eye(int(big.sum())), rtol=0, atol=core_tol)
     alone = np.asarray(polar.eigh(jnp.asarray(g[i])))
-    np.testing.assert_allclose(o[i], alone, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(o[i], alone, rtol=0, atol=2 * tol)
+    np.testing.assert_allclose(core(o[i]), core(alone), rtol=0, atol=2 * core_tol)
     if i in bad:
-      np.testing.assert_allclose(o[i], exact[i], rtol=0, atol=1e-6)
+      np.testing.assert_allclose(o[i], exact[i], rtol=0, atol=2 * tol)
+      np.testing.assert_allclose(core(o[i]), core(exact[i]), rtol=0, atol=2 * core_tol)
     else:  # the Gram route, not the SVD: close to it, but not bit for bit
       assert not np.array_equal(o[i], exact[i])
 
@@ -216,17 +264,24 @@ def test_classifier_gradient_null_direction_is_dropped():
   logits = rng.standard_normal((64, 10))
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   g = (h.T @ (probs - np.eye(10)[rng.integers(0, 10, 64)])).astype(np.float32)
+  # The polar factor O of the 9 kept directions has O 1 = 0; float32's dO is within polar_tol at
+  # their condition number, so |dO 1| <= sqrt(10) polar_tol per entry, and | ||O + dO||_F^2 - 9 |
+  # <= 2 ||O||_F ||dO||_F + ||dO||_F^2 with dO of rank at most 18.
+  s = np.linalg.svd(g.astype(np.float64), compute_uv=False)
+  tol = polar_tol(s[0] / s[8], 32)
+  frobenius = np.sqrt(18) * tol
   for method in EXACT.values():
     o = np.asarray(method(jnp.asarray(g)), np.float64)
-    np.testing.assert_allclose(o @ np.ones(10), 0, atol=1e-5)
-    assert np.sum(o**2) == pytest.approx(9.0, abs=1e-4)
+    np.testing.assert_allclose(o @ np.ones(10), 0, rtol=0, atol=np.sqrt(10) * tol)
+    assert abs(np.sum(o**2) - 9.0) <= 2 * 3 * frobenius + frobenius**2
 
 
 def band(method, steps, p=40, n=16, low=1e-2):
-  """Singular values of method(G) where G's normalised singular values span [low, 1] / sqrt(n).
+  """Singular values of method(G) where G's singular values span [low, 1] (log-spaced).
 
   Also returns the largest off-diagonal entry of U^T O V, which is 0 when O shares G's singular
-  vectors."""
+  vectors, and the singular values in exact arithmetic: the composed polynomial, in float64, at
+  G's Frobenius-normalised singular values, and the smallest of those."""
   rng = np.random.default_rng(7)
   u, _ = np.linalg.qr(rng.standard_normal((p, n)))
   v, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -235,7 +290,16 @@ def band(method, steps, p=40, n=16, low=1e-2):
   o = np.asarray(method(jnp.asarray(g, jnp.float32), steps=steps), np.float64)
   core = u.T @ o @ v
   off = np.abs(core - np.diag(np.diag(core))).max()
-  return np.diag(core), off
+  exact = s / np.linalg.norm(s)
+  for a, b, c in coefficients_of(method, steps):
+    exact = a * exact + b * exact**3 + c * exact**5
+  return np.diag(core), off, exact, s[-1] / np.linalg.norm(s)
+
+
+def coefficients_of(method, steps: int) -> np.ndarray:
+  if method is polar.newton_schulz:
+    return np.tile(SCHEDULES["newton_schulz"][:1], (steps, 1))
+  return np.asarray(polar.polar_express_coefficients(steps))
 
 
 @pytest.mark.parametrize(
@@ -243,9 +307,13 @@ def band(method, steps, p=40, n=16, low=1e-2):
     [(polar.newton_schulz, 5, 0.6, 1.25), (polar.polar_express, 5, 0.86, 1.14),
      (polar.polar_express, 6, 0.995, 1.005), (polar.polar_express, 7, 0.9999, 1.0001)])
 def test_approximate_methods_singular_value_band(method, steps, lo, hi):
-  sv, off = band(method, steps)
-  assert lo <= sv.min() and sv.max() <= hi, (sv.min(), sv.max())
-  assert off < 1e-4
+  """The composed polynomial keeps every singular value in [lo, hi] (float64); float32's are
+  within iteration_tol of it, and its singular vectors G's (off-diagonal entries of U^T O V)."""
+  sv, off, exact, s_min = band(method, steps)
+  assert lo <= exact.min() and exact.max() <= hi, (exact.min(), exact.max())
+  tol = iteration_tol(coefficients_of(method, steps), 40, s_min)
+  np.testing.assert_allclose(sv, exact, rtol=0, atol=tol)
+  assert off < tol
 
 
 @pytest.mark.parametrize("steps", [3, 4, 5, 6, 7, 8, 10])
@@ -267,11 +335,13 @@ def test_newton_schulz_is_muons_iteration():
   x = g / np.linalg.norm(g)
   a = x @ x.T
   expected = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+  s = np.linalg.svd(g, compute_uv=False)
+  tol = iteration_tol(SCHEDULES["newton_schulz"][:1], 12, s[-1] / np.linalg.norm(s))
   np.testing.assert_allclose(
-      polar.newton_schulz(jnp.asarray(g, jnp.float32), steps=1), expected, atol=1e-5)
+      polar.newton_schulz(jnp.asarray(g, jnp.float32), steps=1), expected, rtol=0, atol=tol)
   # Tall input goes through the transpose: the same result, transposed.
   np.testing.assert_allclose(
-      polar.newton_schulz(jnp.asarray(g.T, jnp.float32), steps=1), expected.T, atol=1e-5)
+      polar.newton_schulz(jnp.asarray(g.T, jnp.float32), steps=1), expected.T, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -378,7 +448,12 @@ def test_huge_and_tiny_finite_matrices_give_the_polar_factor(name, scale):
   g = conditioned(np.random.default_rng(10), 24, 8, kappa=4.0)
   expected = np.asarray(ALL[name](jnp.asarray(g)))
   o = np.asarray(ALL[name](jnp.asarray(g * scale, jnp.float32)))
-  np.testing.assert_allclose(o, expected, atol=1e-5)
+  # Two float32 computations, each within `tol`; rounding G * scale moves the exact result by at
+  # most one `tol` more (eps / 2 per entry).
+  np.testing.assert_allclose(o, expected, rtol=0, atol=3 * tol_of(name, g))
+  np.testing.assert_allclose(o, reference(g) if name in EXACT else iterate64(
+      g.astype(np.float64), SCHEDULES["newton_schulz" if name == "newton_schulz"
+                                      else "polar_express-5"]), rtol=0, atol=2 * tol_of(name, g))
 
 
 def test_bfloat16_round_off_directions_are_dropped():
@@ -425,8 +500,14 @@ def test_rtol_may_be_a_traced_array(name):
   g = jnp.asarray((u * np.array([1.0, 0.5, 0.005])) @ v.T, jnp.float32)
   method = EXACT[name]
   out = jax.jit(lambda g, r: method(g, rtol=r))(g, jnp.asarray(0.01))
-  np.testing.assert_allclose(out, method(g, rtol=0.01), atol=1e-6)
-  assert np.sum(np.asarray(out, np.float64) ** 2) == pytest.approx(2.0, abs=1e-4)
+  # Two float32 results, each within Wedin's bound on the kept directions (the gap to the
+  # dropped one, 0.5 - 0.005): polar_tol at kappa 1 / 0.495. | ||O + dO||_F^2 - 2 | <=
+  # 2 ||O||_F ||dO||_F + ||dO||_F^2, dO of rank at most 4.
+  kept = polar_tol(1 / 0.495, 20)
+  np.testing.assert_allclose(out, method(g, rtol=0.01), rtol=0, atol=2 * kept)
+  frobenius = 2 * kept
+  assert abs(np.sum(np.asarray(out, np.float64) ** 2) - 2.0) <= (
+      2 * np.sqrt(2) * frobenius + frobenius**2)
   # A traced rtol cannot be checked when traced; out of range it makes the result NaN.
   assert bool(jnp.all(jnp.isnan(jax.jit(lambda g, r: method(g, rtol=r))(g, jnp.asarray(1.5)))))
   with pytest.raises(ValueError, match="rtol"):

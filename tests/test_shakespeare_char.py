@@ -170,6 +170,11 @@ def test_compare_trains_every_optimizer_and_seed_on_the_same_batches(comparison)
     assert all(np.isfinite(r["val_loss"]).all() for r in runs)
     assert runs[0]["val_loss"][-1] < runs[0]["val_loss"][0]  # it learns
     assert runs[0]["val_loss"][0] != runs[1]["val_loss"][0]  # seeds differ
+  # The training loss (means over steps 1-3 and 4-6, the same batches for every optimiser) falls
+  # for Muon: 2.377 -> 2.319 and 2.388 -> 2.353 for the two seeds here; at lr=0 these batches'
+  # losses rise (2.386 -> 2.402, 2.397 -> 2.399). AdamW's lr (1e-3, warmed up over 2 of 6 steps)
+  # moves it by less than the batches differ: its validation loss (fixed windows) is checked above.
+  assert all(r["train_loss"][-1] < r["train_loss"][1] for r in results[TINY.optimizers[1]])
   # Same seed, same initialisation: the step-0 losses agree across optimisers.
   assert results["adamw"][0]["val_loss"][0] == results[TINY.optimizers[1]][0]["val_loss"][0]
   assert (workdir / "curves.png").stat().st_size > 0
