@@ -47,6 +47,21 @@ def test_lm_gradients_smoke(tmp_path, capsys):
   assert "AdamW's training step" in table
 
 
+@pytest.mark.slow
+def test_qdwh_drop_precision_smoke(tmp_path):
+  """Every route gives a finite error, and float64 is switched off again afterwards."""
+  import json
+
+  import jax
+
+  from benchmarks import qdwh_drop_precision
+  qdwh_drop_precision.main(["--smoke", "--out", str(tmp_path)])
+  rows = json.loads((tmp_path / "qdwh_drop_precision.json").read_text())["rows"]
+  assert len(rows) == 7
+  assert all(math.isfinite(r["error, worst"]) for r in rows)
+  assert not jax.config.jax_enable_x64
+
+
 def test_exact_structure_smoke(tmp_path):
   """Lowered for cuda, svd's update has an SVD solver call and qdwh's none; qdwh's solver calls
   are QR, Cholesky and the eigendecomposition of its drop step (no device needed)."""

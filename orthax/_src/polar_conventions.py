@@ -153,6 +153,26 @@ def prepare(x: Array, name: str, compute_dtype: Any) -> Prepared:
   return Prepared(flat, finite[:, 0, 0], restore)
 
 
+class PreparedExact(NamedTuple):
+  """A (..., P, N) array made ready for an exact method (`prepare_exact`)."""
+
+  stack: Array  # As in `Prepared`.
+  ok: Array  # As in `Prepared`, and False everywhere where a traced `rtol` is invalid.
+  restore: Callable[[Array], Array]  # As in `Prepared`.
+  tol: Any  # The resolved tolerance (`tolerance`): a Python number or an array.
+
+
+def prepare_exact(x: Array, name: str, compute_dtype: Any, rtol: Any) -> PreparedExact:
+  """`prepare`, then `tolerance`: the step every exact method starts with. A concrete invalid
+  `rtol` raises; a traced one's validity is folded into `ok`. An empty `x` is returned as it is
+  (by `restore`) with no check of `rtol`, and `tol` None."""
+  stack, ok, restore = prepare(x, name, compute_dtype)
+  if not stack.size:
+    return PreparedExact(stack, ok, restore, None)
+  tol, valid = tolerance(rtol, stack, x.dtype)
+  return PreparedExact(stack, ok & valid, restore, tol)
+
+
 def tall_by_platform(x: Array, *, cpu: Callable[[Array], Array],
                      default: Callable[[Array], Array]) -> Array:
   """`cpu` on a CPU backend, `default` elsewhere, each given the stack with P >= N: a wide stack

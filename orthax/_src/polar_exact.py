@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import each, map_matrices, single_thread_cpu_lapack
-from orthax._src.polar_conventions import mT, prepare, tall_by_platform, tolerance
+from orthax._src.polar_conventions import mT, prepare_exact, tall_by_platform
 from orthax._src.polar_derivative import with_polar_derivative
 
 Array = jax.Array
@@ -62,11 +62,9 @@ def svd(x: Array, *, rtol: float | Array | None = None, compute_dtype: Any = jnp
     are dropped the derivative of the truncated factor with their singular values taken as zero
     (zero for a zero matrix).
   """
-  stack, ok, restore = prepare(x, "svd", compute_dtype)
+  stack, ok, restore, tol = prepare_exact(x, "svd", compute_dtype, rtol)
   if not stack.size:
     return restore(stack)
-  tol, valid = tolerance(rtol, stack, x.dtype)
-  ok = ok & valid
 
   def polar(g: Array, ok: Array, *traced_tol: Array) -> Array:
     t = traced_tol[0] if traced_tol else tol
@@ -175,11 +173,9 @@ def eigh(x: Array, *, rtol: float | Array | None = None, compute_dtype: Any = jn
   Returns:
     The polar factor, equal to `svd(x, rtol=rtol)` to float32 precision, with `svd`'s derivative.
   """
-  stack, ok, restore = prepare(x, "eigh", compute_dtype)
+  stack, ok, restore, tol = prepare_exact(x, "eigh", compute_dtype, rtol)
   if not stack.size:
     return restore(stack)
-  tol, valid = tolerance(rtol, stack, x.dtype)
-  ok = ok & valid
 
   def polar(x: Array, ok: Array, *traced_tol: Array) -> Array:
     t = traced_tol[0] if traced_tol else tol

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import each, single_thread_cpu_lapack
-from orthax._src.polar_conventions import mT, prepare, tall_by_platform, tolerance
+from orthax._src.polar_conventions import mT, prepare_exact, tall_by_platform
 from orthax._src.polar_derivative import with_polar_derivative
 
 Array = jax.Array
@@ -147,11 +147,9 @@ def qdwh(x: Array, *, rtol: float | Array | None = None, compute_dtype: Any = jn
     Nakatsukasa, Bai, Gygi, `Optimizing Halley's iteration for computing the matrix polar
     decomposition <https://doi.org/10.1137/090774999>`_, 2010
   """
-  stack, ok, restore = prepare(x, "qdwh", compute_dtype)
+  stack, ok, restore, tol = prepare_exact(x, "qdwh", compute_dtype, rtol)
   if not stack.size:
     return restore(stack)
-  tol, valid = tolerance(rtol, stack, x.dtype)
-  ok = ok & valid
   k = min(stack.shape[-2:])
   eps = float(jnp.finfo(stack.dtype).eps)
   floor = math.sqrt(k) * eps
