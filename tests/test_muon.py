@@ -213,24 +213,49 @@ def test_mask_and_layout_as_pytrees():
 
 
 def test_group_heads_and_inject_hyperparams():
+  """Injected or not, muon on pairs of heads gives each pair's (embed, 2 head_dim) query and key
+  matrix its polar factor. The layout callable is static: optax.inject_hyperparams calls every
+  other callable with the step count, and orthax's layouts and masks then raise."""
   params = gpt_params()
   grads = gradients(params, 2)
-  tx = orthax.group_heads(
-      optax.inject_hyperparams(orthax.muon)(
-          learning_rate=0.02, layout=orthax.attention_layout(
-              "heads", base=orthax.layout_by_path({"blocks": orthax.Layout(batch=0)}))),
-      2, inputs=("query", "key"), outputs=())
-  state = tx.init(params)
-  updates, state = jax.jit(tx.update)(grads, state, params)
-  assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
-  # The values are not muon per head: query and key are orthogonalised two heads at a time.
-  per_head = orthax.muon(0.02, layout=orthax.attention_layout(
-      "heads", base=orthax.layout_by_path({"blocks": orthax.Layout(batch=0)})))
-  ungrouped = jax.jit(per_head.update)(grads, per_head.init(params), params)[0]
-  query = lambda t: np.asarray(t["blocks"]["attn"]["query"]["kernel"])  # noqa: E731
-  assert np.abs(query(updates) - query(ungrouped)).max() > 0.1 * np.abs(query(ungrouped)).max()
+  layout = orthax.attention_layout(
+      "heads", base=orthax.layout_by_path({"blocks": orthax.Layout(batch=0)}))
+
+  def grouped(tx):
+    return orthax.group_heads(tx, 2, inputs=("query", "key"), outputs=())
+
+  with pytest.raises(ValueError, match="static_args"):
+    grouped(optax.inject_hyperparams(orthax.muon)(0.1, method="svd", layout=layout)).init(params)
+  plain = grouped(orthax.muon(0.1, method="svd", layout=layout))
+  injected = grouped(optax.inject_hyperparams(orthax.muon, static_args=("layout",))(
+      learning_rate=0.1, method="svd", layout=layout))
+  state = injected.init(params)
+  updates, state = jax.jit(injected.update)(grads, state, params)
+  # The orthogonalised leaves: the same operations; only XLA's fusion of the two programs may
+  # differ, by a rounding or two. (AdamW's leaves differ more: injected, its b1 and b2 are
+  # float32 arrays, so 1 - b2 ** t is computed in float32.)
+  expected = jax.jit(plain.update)(grads, plain.init(params), params)[0]
+  hidden = orthax.masks.hidden_matrices()(params)
+  assert_trees_close_relative(*[[x for x, h in zip(jax.tree.leaves(tree), jax.tree.leaves(hidden),
+                                                   strict=True) if h]
+                                for tree in (updates, expected)], rtol=4 * eps())
+  for path in [("attn", "query"), ("attn", "key"), ("blocks", "attn", "query"),
+               ("blocks", "attn", "key")]:
+    g, u = grads, updates
+    for key in path:
+      g, u = g[key], u[key]
+    g = np.asarray(g["kernel"], np.float64).reshape((-1, EMBED, HEADS, HEAD_DIM))
+    u = np.asarray(u["kernel"]).reshape(g.shape)
+    for layer, pair in np.ndindex(g.shape[0], HEADS // 2):
+      # Step 1's Nesterov momentum is a multiple of the gradient; Muon's scale is 1 for a square
+      # (16, 16) matrix.
+      block = g[layer, :, 2 * pair:2 * pair + 2].reshape(EMBED, 2 * HEAD_DIM)
+      np.testing.assert_allclose(
+          u[layer, :, 2 * pair:2 * pair + 2].reshape(EMBED, 2 * HEAD_DIM),
+          -0.1 * polar_reference(block),
+          atol=0.1 * polar_tol(condition_number(block), EMBED), rtol=0, err_msg=str(path))
   state.hyperparams["learning_rate"] = jnp.asarray(0.0)
-  updates, _ = jax.jit(tx.update)(grads, state, params)
+  updates, _ = jax.jit(injected.update)(grads, state, params)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
 
 

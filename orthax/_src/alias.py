@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from orthax._src.components import LayoutSpec, MaskSpec, is_layout_leaf, resolve_tree, select
+from orthax._src.components import LayoutSpec, MaskSpec, is_layout_leaf, select
 from orthax._src.transform import Method, orthogonalise, orthogonalise_components
+from orthax._src.tree_specs import resolve_tree
 
 
 def keep_state_dtypes(

@@ -19,7 +19,9 @@ from typing import Any
 import jax
 import optax
 
-from orthax._src.components import Layout, is_layout_leaf, one_layer, path_names, resolve_tree
+from orthax._src.components import Layout, is_layout_leaf, one_layer
+from orthax._src.paths import path_names
+from orthax._src.tree_specs import reject_step_count, resolve_tree
 
 VIEWS = ("whole", "heads", "components")
 INPUT_PROJECTIONS = ("query", "key", "value")
@@ -151,6 +153,7 @@ def attention_layout(
   _check_projections(inputs, outputs, "attention_layout")
 
   def layout(params: Any) -> Any:
+    reject_step_count(params, f"attention_layout({view!r})")
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     chosen = resolve_tree(base, params, "base layout", lambda _: None, is_layout_leaf)
     out = []

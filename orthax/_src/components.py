@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -10,7 +9,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from orthax._src.paths import map_with_path_names, path_matches
+from orthax._src.tree_specs import reject_step_count, resolve_tree
 
 Array = jax.Array
 
@@ -134,106 +135,6 @@ def one_layer(x: Any, layout: Layout | None) -> Any:
   return jax.ShapeDtypeStruct(shape, jnp.result_type(x))
 
 
-def _is_masked_node(x: Any) -> bool:
-  return isinstance(x, optax.MaskedNode)
-
-
-def _children(x: Any) -> tuple[list[tuple[Any, Any]], Any]:
-  """`x`'s children one level down, with their keys, and `x`'s one-level structure."""
-  return jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-
-
-def _is_tree_leaf(x: Any) -> bool:
-  return x is not None and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x))
-
-
-def _first_leaf(x: Any, path: tuple, is_leaf: Callable | None = None) -> str:
-  """The path of the first leaf at or below `x` (at `path`), or `path` itself when it has none."""
-  flat = jax.tree_util.tree_flatten_with_path(x, is_leaf=is_leaf)[0]
-  return jax.tree_util.keystr(path + (tuple(flat[0][0]) if flat else ()))
-
-
-def _mismatch(params: Any, spec: Any, path: tuple, what: str,
-              is_spec_leaf: Callable[[Any], bool]) -> ValueError:
-  where = jax.tree_util.keystr(path) or "the root"
-  if _is_tree_leaf(params) or _is_tree_leaf(spec) or params is None or spec is None:
-    detail = (f"at {where} the params have {_describe(params)} and the {what} has "
-              f"{_describe(spec)}")
-  else:
-    mine, theirs = _children(params)[0], _children(spec)[0]
-    want = [jax.tree_util.keystr(k) for k, _ in mine]
-    have = [jax.tree_util.keystr(k) for k, _ in theirs]
-    first = next((i for i, (w, h) in enumerate(zip(want, have, strict=False)) if w != h), None)
-    if first is not None:
-      detail = (f"the first mismatch is at {_first_leaf(mine[first][1], path + mine[first][0])}"
-                f" in the params and "
-                f"{_first_leaf(theirs[first][1], path + theirs[first][0], is_spec_leaf)} in the "
-                f"{what}")
-    elif len(want) != len(have):
-      longer, name, keys = ((mine, "params", len(have)) if len(want) > len(have)
-                            else (theirs, what, len(want)))
-      detail = (f"{_first_leaf(longer[keys][1], path + longer[keys][0])} is in the {name} but "
-                "not in the other")
-    else:
-      detail = (f"the paths agree but the containers differ at {where}: params "
-                f"{type(params).__name__}, {what} {type(spec).__name__}")
-  return ValueError(
-      f"The {what} tree does not match the params: {detail}. Give a {what} with the params' "
-      f"structure (or a prefix of it), or a callable params -> {what} tree.")
-
-
-def _describe(x: Any) -> str:
-  if hasattr(x, "shape") and hasattr(x, "dtype"):
-    return f"an array of shape {tuple(x.shape)}"
-  if x is None:
-    return "None (no leaf)"
-  return f"{type(x).__name__} {x!r}"[:120]
-
-
-def _match(spec: Any, params: Any, path: tuple, out: list[Any], what: str,
-           is_spec_leaf: Callable[[Any], bool]) -> None:
-  """Appends to `out` the spec's value for each leaf of `params`, where `spec` is a prefix of it."""
-  if _is_masked_node(params):
-    return  # A wrapper's placeholder: no leaf here, whatever the spec says.
-  if is_spec_leaf(spec):
-    out.extend([spec] * len(jax.tree_util.tree_leaves(params)))
-    return
-  if _is_tree_leaf(params) and _is_tree_leaf(spec):
-    out.append(spec)  # Not a spec value: the caller checks what it got.
-    return
-  if _is_tree_leaf(params) or _is_tree_leaf(spec):
-    raise _mismatch(params, spec, path, what, is_spec_leaf)
-  mine, structure = _children(params)
-  theirs, spec_structure = _children(spec)
-  if structure != spec_structure:
-    raise _mismatch(params, spec, path, what, is_spec_leaf)
-  for (key, child), (_, spec_child) in zip(mine, theirs, strict=True):
-    _match(spec_child, child, path + tuple(key), out, what, is_spec_leaf)
-
-
-def resolve_tree(spec: Any, params: Any, what: str, default: Callable[[Any], Any],
-                 is_spec_leaf: Callable[[Any], bool]) -> list[Any]:
-  """The per-leaf values of a mask or layout spec, in the params' leaf order.
-
-  `spec` is None (use `default(leaf)`), a single spec leaf for every parameter, a pytree of spec
-  leaves with the params' structure, or a callable params -> one of those. A spec tree matches
-  the params as optax matches a mask: it may be a prefix of the params (one value at a subtree
-  covers all its leaves); a None node in the params (Equinox's `eqx.filter(model,
-  eqx.is_array)` leaves None for every non-array field) holds no leaf, so the spec's None or
-  single value there is ignored; and wrappers such as `optax.masked` and `optax.multi_transform`
-  hand over params in which the leaves (or whole subtrees) they leave out are
-  `optax.MaskedNode` placeholders, where likewise the spec's value is ignored.
-  """
-  leaves = jax.tree_util.tree_leaves(params)
-  if callable(spec) and not is_spec_leaf(spec):
-    spec = spec(params)
-  if spec is None:
-    return [default(x) for x in leaves]
-  values: list[Any] = []
-  _match(spec, params, (), values, what, is_spec_leaf)
-  return values
-
-
 def select(mask: MaskSpec, layout: LayoutSpec, tree: Any) -> tuple[list[Any], list[bool]]:
   """Per leaf of `tree`: its `Layout` (None for the default) and whether `mask` selects it.
 
@@ -266,34 +167,6 @@ def is_layout_leaf(x: Any) -> bool:
   """Whether `x` is one layout value: a `Layout`, or None for the default."""
   return x is None or isinstance(x, Layout)
 
-
-def path_names(key_path) -> tuple[str, ...]:
-  """A leaf's path as plain names, without the trailing `.value` of an `nnx.Variable` (so that
-  patterns match linen params and `nnx.State` alike, and "value" names no nnx leaf)."""
-  names = []
-  for key in key_path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  if key_path and isinstance(key_path[-1], jax.tree_util.GetAttrKey) and names[-1] == "value":
-    names.pop()
-  return tuple(names)
-
-
-def path_matches(names: tuple[str, ...], patterns: Sequence[str]) -> bool:
-  """Whether a pattern equals one of the names on a path or, as a glob, the `/`-joined path."""
-  joined = "/".join(names)
-  return any(p in names or fnmatch.fnmatchcase(joined, p) for p in patterns)
-
-
-def map_with_path_names(fn: Callable[[tuple[str, ...], Any], Any], tree: Any) -> Any:
-  """tree_map with each leaf's path as a tuple of plain names, e.g. ("params", "Dense_0")."""
-  return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_names(p), x), tree)
-
-
 def layout_by_path(rules: Mapping[str, Layout]) -> Callable[[Any], Any]:
   """A layout callable: the first rule whose pattern matches a leaf's path gives its Layout.
 
@@ -313,6 +186,8 @@ def layout_by_path(rules: Mapping[str, Layout]) -> Callable[[Any], Any]:
           f"{rule!r}.")
 
   def layout(params: Any) -> Any:
+    reject_step_count(params, "layout_by_path(...)")
+
     def pick(names, _):
       return next((r for p, r in rules.items() if path_matches(names, (p,))), None)
     return map_with_path_names(pick, params)

@@ -7,19 +7,16 @@ from typing import Any
 
 import jax
 
-from orthax._src.components import (
-    default_mask,
-    is_mask_leaf,
-    map_with_path_names,
-    path_matches,
-    resolve_tree,
-)
+from orthax._src.components import default_mask, is_mask_leaf
+from orthax._src.paths import map_with_path_names, path_matches
+from orthax._src.tree_specs import reject_step_count, resolve_tree
 
 Mask = Callable[[Any], Any]
 
 
 def kernels(params: Any) -> Any:
   """Every floating leaf with ndim >= 2: conv and dense kernels, embeddings (the default)."""
+  reject_step_count(params, "orthax.masks.kernels")
   return jax.tree.map(default_mask, params)
 
 
@@ -31,6 +28,7 @@ def conv_kernels(params: Any) -> Any:
   removed), so a scanned Dense kernel is 2-D there, as unrolled; called on a params tree
   directly, this counts every axis.
   """
+  reject_step_count(params, "orthax.masks.conv_kernels")
   return jax.tree.map(lambda x: default_mask(x) and x.ndim >= 3, params)
 
 
@@ -56,6 +54,7 @@ def exclude(*patterns: str, base: Mask = kernels) -> Mask:
         "orthax.masks.exclude('Embed_0', 'head').")
 
   def mask(params: Any) -> Any:
+    reject_step_count(params, f"orthax.masks.exclude{patterns!r}")
     chosen = resolve_tree(base, params, "base mask", default_mask, is_mask_leaf)
     excluded = jax.tree.leaves(
         map_with_path_names(lambda names, _: path_matches(names, patterns), params))

@@ -135,6 +135,10 @@ def muon(
   update by a relative amount proportional to eps / ||M||_F: within float32 round-off unless
   ||M||_F is small (figures: benchmarks/results/design_figures.md).
 
+  Under `optax.inject_hyperparams`, list a callable `mask`, `layout` or `weight_decay_mask` in
+  `static_args`: optax takes every callable argument for a schedule of the step count (orthax's
+  own mask and layout callables then raise a ValueError).
+
   Args:
     learning_rate: a float or an optax schedule.
     beta: momentum decay rate (optax.contrib.muon's `beta`).

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from orthax._src.components import path_names
+from orthax._src.paths import path_names
 
 # The axes of one layer's Flax kernel (embed, heads, head_dim) and bias (heads, head_dim): both
 # keep the heads on axis -2; any axes before these stack layers.

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.masks import exclude
+from orthax._src.tree_specs import reject_step_count
 
 OUTPUT_HEADS = ("lm_head", "head")
 
@@ -23,6 +24,7 @@ def _is_kernel(key_path, x: Any) -> bool:
 
 
 def _kernels_by_name(params: Any) -> Any:
+  reject_step_count(params, "orthax.masks.hidden_matrices()")
   return jax.tree_util.tree_map_with_path(_is_kernel, params)
 
 
