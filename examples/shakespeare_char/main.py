@@ -36,14 +36,29 @@ from examples.shakespeare_char.configs import Config
 CHECKPOINTS = (500, 1000, 2000)
 
 
+RATE_KEYS = ("lr=", "learning_rate=", "adam_lr=")
+
+
 def setting_of(label: str) -> str:
-  """The label without its learning rate: the optimiser setting it belongs to."""
-  return "@".join(part for part in label.split("@") if not part.startswith(("lr=",
-                                                                           "learning_rate=")))
+  """The label without its learning rates (lr, adam_lr): the optimiser setting it belongs to."""
+  return "@".join(part for part in label.split("@") if not part.startswith(RATE_KEYS))
 
 
 def rate_of(config: Config, label: str) -> float:
   return compare_lib.run_config(config, label, 0).learning_rate
+
+
+def rates_of(config: Config, label: str) -> dict[str, float]:
+  """{"lr": ...} and, where the label sets it, {"adam_lr": ...}: the rates a sweep tunes."""
+  run = compare_lib.run_config(config, label, 0)
+  rates = {"lr": run.learning_rate}
+  if run.adam_lr is not None:
+    rates["adam_lr"] = run.adam_lr
+  return rates
+
+
+def rates_text(rates: dict[str, float]) -> str:
+  return ", ".join(f"{key} {value:g}" for key, value in rates.items())
 
 
 def run_all(config: Config, corpus: data.Corpus, workdir: Path,
@@ -119,21 +134,28 @@ def results_table(config: Config, results: dict[str, list[dict]],
   return compare_lib.results_table(results, columns, name=setting_of)
 
 
-def sweep_table(config: Config, results: dict[str, list[dict]]) -> tuple[str, dict[str, float]]:
+def sweep_table(config: Config, results: dict[str, list[dict]]
+                ) -> tuple[str, dict[str, float | dict[str, float]]]:
   """Markdown: final validation loss of each setting at each rate (mean over seeds); and the
-  best rate of each setting (a diverged run counts as worst)."""
-  grid: dict[str, dict[float, float]] = {}
+  best rate of each setting (a diverged run counts as worst): a float, or {"lr": ..., "adam_lr":
+  ...} for a setting swept over its AdamW part's rate too."""
+  grid: dict[str, dict[tuple, float]] = {}
   for label, runs in results.items():
     loss = final_mean(runs)
-    grid.setdefault(setting_of(label), {})[rate_of(config, label)] = (
-        loss if np.isfinite(loss) else np.inf)
-  best = {name: min(losses, key=losses.__getitem__) for name, losses in grid.items()}
-  lines = [f"| optimiser | final validation loss at each rate ({config.steps} steps) | best lr |",
+    rates = tuple(rates_of(config, label).items())
+    grid.setdefault(setting_of(label), {})[rates] = loss if np.isfinite(loss) else np.inf
+  chosen = {name: min(losses, key=losses.__getitem__) for name, losses in grid.items()}
+  best = {name: rates[0][1] if len(rates) == 1 else dict(rates) for name, rates in chosen.items()}
+  lines = [f"| optimiser | final validation loss at each rate ({config.steps} steps) | best |",
            "| --- | --- | ---: |"]
   for name, losses in grid.items():
-    cells = ", ".join(("**" if rate == best[name] else "") + f"{rate:g}: {loss:.3f}"
-                      + ("**" if rate == best[name] else "") for rate, loss in losses.items())
-    lines.append(f"| {name} | {cells} | {best[name]:g} |")
+    def cell(rates: tuple, loss: float, best: tuple = chosen[name]) -> str:
+      text = rates_text(dict(rates)) if len(rates) > 1 else f"{rates[0][1]:g}"
+      bold = "**" if rates == best else ""
+      return f"{bold}{text}: {loss:.3f}{bold}"
+
+    cells = ", ".join(cell(rates, loss) for rates, loss in losses.items())
+    lines.append(f"| {name} | {cells} | {rates_text(dict(chosen[name]))} |")
   return "\n".join(lines), best
 
 
@@ -234,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
       print(timing_table(config, corpus, args.time_steps or 20))
       print(setting_line(config, corpus))
     else:
-      compare(config, sweep=args.config == "sweep", time_steps=args.time_steps)
+      compare(config, sweep=args.config in configs.SWEEPS, time_steps=args.time_steps)
 
   return config_lib.exit_code(run)
 
