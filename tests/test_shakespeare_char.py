@@ -423,3 +423,27 @@ def test_qk_clip_in_the_example_brings_the_clipped_heads_logit_down_to_tau(corpu
     np.testing.assert_allclose(after[low], before[low], rtol=tol)
     expected = before[high] if clip is None else tau
     np.testing.assert_allclose(after[high], expected, rtol=tol)
+
+
+def test_wallclock_table_reads_each_curve_at_muons_time():
+  """Muon: 100 ms a step, 2,000 steps = 200 s. A 2x slower optimiser runs 1,000 steps in that
+  time (its loss there, read off its curve); a 2x faster one would run 4,000 (only an upper
+  bound, its 2,000-step loss); the time to Muon's final loss is steps_to x step time / 200 s."""
+  config = dataclasses.replace(TINY, steps=2000)
+
+  def runs(losses):
+    return [{"eval_steps": [0, 1000, 2000], "val_loss": losses}]
+
+  results = {"muon@lr=0.04": runs([4.0, 2.0, 1.6]), "slow@lr=1": runs([4.0, 1.6, 1.4]),
+             "fast@lr=1": runs([4.0, 2.2, 1.8])}
+  table = main.wallclock_table(config, results, {"muon@lr=0.04": 100.0, "slow@lr=1": 200.0,
+                                                 "fast@lr=1": 50.0})
+  rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
+          if line.startswith("| ") and "---" not in line}
+  assert rows["muon"][1:5] == ["100", "1.00x", "2000", "1.600"] and rows["muon"][5] == "1.00x |"
+  # slow: 1,000 steps in 200 s, loss 1.6 there; reaches 1.6 at step 1,000 = 200 s: 1.00x.
+  assert rows["slow"][1:5] == ["200", "2.00x", "1000", "1.600"] and rows["slow"][5] == "1.00x |"
+  # fast: 4,000 steps in 200 s, only 2,000 run; never reaches 1.6.
+  assert rows["fast"][3:5] == ["2000+", "< 1.800 (a)"] and rows["fast"][5] == "- |"
+  assert "not reached in 2000 steps" in table
+  assert main.loss_at_step(results["slow@lr=1"][0], 1500) == pytest.approx(1.5)

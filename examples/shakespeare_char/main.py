@@ -14,8 +14,10 @@ e.g. one per core), with a last call over all labels making the tables.
 Prints and saves (in --workdir): a table per optimiser (validation loss at 500 / 1,000 / 2,000
 steps, mean ± std over seeds, steps to the first optimiser's final loss and to muon's, step time
 relative to the first optimiser measured side by side in one process), `results.json`,
-`curves.png` (validation loss per step), and a sample of generated text from the best run. With
-`--config sweep`, a table of final validation loss per learning rate and `best_lrs.json`.
+`curves.png` (validation loss per step; with muon among them, also against wall-clock time),
+a table against Muon's wall-clock time (`wallclock_table`), and a sample of generated text from
+the best run. With `--config sweep` or `fair_sweep`, a table of final validation loss per
+learning rate (and AdamW-part rate) and `best_lrs.json`.
 """
 
 from __future__ import annotations
@@ -164,6 +166,72 @@ PANELS = (compare_lib.Panel(
     lambda run: (run["eval_steps"], run["val_loss"]), yscale="log"),)
 
 
+def loss_at_step(history: dict, step: float) -> float:
+  """The validation loss at `step`, interpolated linearly between evaluations."""
+  return float(np.interp(step, history["eval_steps"], history["val_loss"]))
+
+
+def muon_label(results: dict[str, list[dict]]) -> str | None:
+  return next((label for label in results if setting_of(label) == "muon"), None)
+
+
+def wallclock_table(config: Config, results: dict[str, list[dict]],
+                    step_ms: dict[str, float]) -> str:
+  """Markdown: each optimiser against Muon's wall-clock time (`optax.contrib.muon`, the label
+  whose setting is "muon"): wall time = steps x the step time measured side by side. Per
+  optimiser: the steps it runs in the time Muon takes for its `config.steps`, its validation
+  loss there (interpolated between evaluations; mean ± std over seeds), and the time it takes to
+  reach Muon's final loss as a fraction of Muon's time."""
+  muon = muon_label(results)
+  if muon is None:
+    raise ValueError("the wall-clock comparison needs a 'muon' label")
+  budget_ms = config.steps * step_ms[muon]
+  target = final_mean(results[muon])
+  lines = [f"| optimiser | step time (ms) | vs muon | steps in muon's {budget_ms / 1e3:.0f} s | "
+           f"val loss at muon's {budget_ms / 1e3:.0f} s | time to muon's {target:.3f} (x muon's) |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  notes = []
+  for label, runs in results.items():
+    steps = budget_ms / step_ms[label]
+    if steps <= config.steps:
+      loss = compare_lib.mean_std([loss_at_step(r, steps) for r in runs], ".3f")
+    else:
+      loss = f"< {compare_lib.mean_std([r['val_loss'][-1] for r in runs], '.3f')} (a)"
+      notes.append(f"(a): it would run more steps than the {config.steps:,} trained in Muon's "
+                   f"time; its loss at {config.steps:,} steps is shown, an upper bound.")
+    reached = [steps_to(r, target) for r in runs]
+    fractions = [s * step_ms[label] / budget_ms for s in reached if s is not None]
+    if len(fractions) == len(runs):
+      time_cell = compare_lib.mean_std(fractions, ".2f") + "x"
+    elif fractions:
+      time_cell = f"{compare_lib.mean_std(fractions, '.2f')}x ({len(fractions)}/{len(runs)} runs)"
+    else:
+      time_cell = "-"
+      notes.append(f"-: Muon's {target:.3f} not reached in {config.steps} steps; it needs more.")
+    lines.append(f"| {setting_of(label)} | {step_ms[label]:.0f} | "
+                 f"{step_ms[label] / step_ms[muon]:.2f}x | {min(steps, config.steps):.0f}"
+                 f"{'+' if steps > config.steps else ''} | {loss} | {time_cell} |")
+  return "\n".join(lines + ([""] + list(dict.fromkeys(notes)) if notes else []))
+
+
+def wallclock_panels(config: Config, results: dict[str, list[dict]],
+                     step_ms: dict[str, float]) -> tuple[compare_lib.Panel, ...]:
+  """Validation loss per step, and against wall-clock time (steps x the side-by-side step time,
+  run["timed_step_ms"]): whole, and its last part; a dashed line at Muon's time."""
+  muon = muon_label(results)
+  marks = () if muon is None else (config.steps * step_ms[muon] / 1e3,)
+  lowest = min(final_mean(runs) for runs in results.values())
+
+  def seconds(run):
+    return np.asarray(run["eval_steps"]) * run["timed_step_ms"] / 1e3, run["val_loss"]
+
+  return (*PANELS,
+          compare_lib.Panel("Against wall-clock time (side-by-side step time)",
+                            "seconds", "validation loss", seconds, yscale="log", marks=marks),
+          compare_lib.Panel("The same, last part", "seconds", "validation loss", seconds,
+                            ylim=(lowest - 0.02, lowest + 0.3), marks=marks))
+
+
 def setting_line(config: Config, corpus: data.Corpus) -> str:
   return (f"GPT {config.layers} layers x {config.width} wide, {config.heads} heads, context "
           f"{config.context}, batch {config.batch_size}, {config.steps} steps (warm-up "
@@ -184,6 +252,7 @@ def compare(config: Config, corpus: data.Corpus | None = None, *, sweep: bool = 
   cache = train.StepCache()
   results = run_all(config, corpus, workdir, cache)
   extra: dict = {}
+  panels, plotted = PANELS, None
   if sweep:
     table, best = sweep_table(config, results)
     (workdir / "best_lrs.json").write_text(json.dumps(best, indent=2) + "\n")
@@ -194,6 +263,11 @@ def compare(config: Config, corpus: data.Corpus | None = None, *, sweep: bool = 
       runs = {label: compare_lib.run_config(config, label, 0) for label in config.optimizers}
       step_ms = extra["step_ms"] = train.time_steps(runs, corpus, steps=time_steps, cache=cache)
     table = results_table(config, results, step_ms)
+    if step_ms and muon_label(results) is not None:
+      table += "\n\nAgainst Muon's wall-clock time:\n\n" + wallclock_table(config, results, step_ms)
+      panels = wallclock_panels(config, results, step_ms)
+      plotted = {label: [{**r, "timed_step_ms": step_ms[label]} for r in runs]
+                 for label, runs in results.items()}
   if config.sample_chars:
     label = min(results, key=lambda k: final_mean(results[k]))
     run = compare_lib.run_config(config, label, config.seeds[0])
@@ -202,8 +276,8 @@ def compare(config: Config, corpus: data.Corpus | None = None, *, sweep: bool = 
     extra["sample"] = {"label": label, "text": train.generate(run, params, corpus,
                                                               config.sample_chars)}
   summary = compare_lib.report(config, results, workdir, table=table,
-                               setting=setting_line(config, corpus), panels=PANELS,
-                               plot_name="curves.png", **extra)
+                               setting=setting_line(config, corpus), panels=panels,
+                               plot_name="curves.png", plotted=plotted, **extra)
   if "sample" in extra:
     print(f"\nsample from {extra['sample']['label']}, seed {config.seeds[0]}:\n"
           f"{extra['sample']['text']}\n")
