@@ -20,7 +20,8 @@ from examples.lib import compare as compare_lib
 from examples.lib import config as config_lib
 from examples.lib import download, optimizers
 from examples.shakespeare_char import configs, data, main, train
-from examples.shakespeare_char.model import GPT
+from examples.shakespeare_char.model import GPT, logits_and_max_attention_logits
+from tests.helpers import eps, round_off
 
 pytestmark = pytest.mark.examples
 
@@ -267,3 +268,187 @@ def test_runs_of_one_setting_share_one_compiled_step(corpus):
   cache = train.StepCache()
   first, second = train.Run(config, corpus, 0, cache), train.Run(config, corpus, 1, cache)
   assert first.compiled_step is second.compiled_step and len(cache.entries) == 1
+
+
+# --- the fair comparison (issue 22): the muons' AdamW rate, the presets, QK-clip -----------------
+
+
+def first_step(label: str, corpus):
+  """(params before, params after, gradient) of the first step of `label` on TINY without
+  warm-up or weight decay (so that the step is the rate times Adam's or Muon's direction)."""
+  config = compare_lib.run_config(
+      dataclasses.replace(TINY, warmup_steps=0, weight_decay=0.0, clip=0.0), label, 0)
+  run = train.Run(config, corpus, 0)
+  before = jax.tree.map(np.array, run.params)  # the step donates its params
+  inputs, targets = data.random_windows(run.ids, jax.random.fold_in(run.key, 0), 4, 16)
+  grads = jax.grad(train.loss_fn)(run.params, run.graphdef, inputs, targets)
+  run.step()
+  return before, jax.tree.map(np.array, run.params), jax.tree.map(np.array, grads)
+
+
+ADAM_PART = (("token_embed", "embedding"), ("position_embed", "embedding"),
+             ("lm_head", "kernel"))
+
+
+@pytest.mark.parametrize("name", ["muon", "orthax-muon", "speedrun-muon"])
+def test_adam_lr_is_the_rate_of_the_muons_adamw_part(corpus, name):
+  """With adam_lr = a, the first step moves each AdamW leaf (embeddings, lm_head) by Nesterov
+  Adam's first step, -a (1 + b1 / (1 + b1)) sign(g) where |g| >> Adam's eps (0 where g = 0);
+  the hidden matrices move as without adam_lr (by the muon rate lr)."""
+  lr, b1 = 0.02, TINY.momentum
+  steps = {adam_lr: first_step(f"{name}@lr={lr}" + (f"@adam_lr={adam_lr}" if adam_lr else ""),
+                               corpus) for adam_lr in (None, 0.003, 0.0005)}
+  for adam_lr, (before, after, grads) in steps.items():
+    rate = lr if adam_lr is None else adam_lr
+    for module, leaf in ADAM_PART:
+      x0, x1, g = before[module][leaf], after[module][leaf], grads[module][leaf]
+      step = x1 - x0
+      slack = 2 * eps() * np.abs(x0).max() + rate * 1e-4  # x1 - x0's round-off; eps / |g|
+      large, zero = np.abs(g) > 1e-3, g == 0
+      assert large.sum() > 10
+      np.testing.assert_allclose(step[large], -rate * (1 + b1 / (1 + b1)) * np.sign(g[large]),
+                                 atol=slack, rtol=0, err_msg=f"{name} adam_lr={adam_lr} {module}")
+      np.testing.assert_allclose(step[zero], 0, atol=slack)
+  # The hidden matrices' step does not depend on adam_lr: same inputs, same operations (only
+  # XLA's fusion of the two programs may differ, a few round-offs of the update of size ~lr).
+  hidden = [("blocks", 0, "attention", "query", "kernel"), ("blocks", 0, "fc", "kernel")]
+  for path in hidden:
+    deltas = []
+    for before, after, _ in steps.values():
+      a, b = before, after
+      for key in path:
+        a, b = a[key], b[key]
+      deltas.append(b - a)
+    assert np.abs(deltas[0]).max() > lr / 100  # it moved
+    for delta in deltas[1:]:
+      np.testing.assert_allclose(delta, deltas[0], atol=lr * 16 * round_off(4 * TINY.width))
+
+
+def test_adam_schedule_is_the_learning_rate_schedule_scaled():
+  config = dataclasses.replace(TINY, steps=50, warmup_steps=5, learning_rate=0.02)
+  main_schedule, adam_schedule = train.make_schedule(config), train.make_schedule(config, 0.003)
+  for step in (0, 2, 5, 20, 49, 50):
+    assert float(adam_schedule(step)) == pytest.approx(0.003 / 0.02 * float(main_schedule(step)),
+                                                       rel=4 * eps(), abs=1e-12)
+  assert float(adam_schedule(5)) == pytest.approx(0.003, rel=4 * eps())
+  assert float(adam_schedule(50)) == pytest.approx(0.0003, rel=4 * eps())
+
+
+def test_adam_lr_and_normuon_are_refused_where_they_do_nothing():
+  with pytest.raises(ValueError, match="adam_lr is the rate of a muon's AdamW part"):
+    train.check(dataclasses.replace(TINY, optimizers=("adamw@adam_lr=0.001",)))
+  with pytest.raises(ValueError, match="normuon_beta2 is orthax-muon's option"):
+    train.check(dataclasses.replace(TINY, optimizers=("muon@normuon_beta2=0.95",)))
+  with pytest.raises(ValueError, match="qk_clip must be a threshold > 0"):
+    train.check(dataclasses.replace(TINY, optimizers=("muon@qk_clip=0",)))
+
+
+def test_fair_presets():
+  sweep = configs.fair_sweep()
+  assert sweep.steps == configs.SWEEP_STEPS and sweep.seeds == (0,)
+  assert sweep.warmup_steps == configs.SWEEP_STEPS // 20
+  settings = {main.setting_of(label) for label in sweep.optimizers}
+  assert settings == {*configs.FAIR_ADAMS, *configs.FAIR_MUONS} and len(settings) == 7
+  assert len(sweep.optimizers) == 3 * 3 + 4 * 2 * 3
+  rates = [main.rates_of(sweep, label) for label in sweep.optimizers]
+  assert {(r["lr"], r.get("adam_lr")) for r, label in zip(rates, sweep.optimizers, strict=True)
+          if main.setting_of(label) == "speedrun-muon"} == {
+              (lr, a) for lr in (0.02, 0.04) for a in (1e-3, 3e-3, 8e-3)}
+  assert {r["lr"] for r, label in zip(rates, sweep.optimizers, strict=True)
+          if main.setting_of(label) == "adamw"} == {4e-3, 8e-3, 1.6e-2}
+  assert all("adam_lr" not in r for r, label in zip(rates, sweep.optimizers, strict=True)
+             if main.setting_of(label) in configs.FAIR_ADAMS)
+  for label in sweep.optimizers:  # every label is a valid run
+    train.check(dataclasses.replace(sweep, optimizers=(label,)))
+  normuon = compare_lib.run_config(sweep, sweep.optimizers[-1], 0)
+  assert normuon.normuon_beta2 == 0.95 and normuon.adam_lr == 8e-3 and normuon.learning_rate == 0.04
+
+
+def test_fair_finals_read_the_sweeps_best_pair(tmp_path, capsys):
+  def runs(final):
+    return [{"eval_steps": [0, 400], "val_loss": [4.0, final]}]
+
+  sweep = configs.fair_sweep()
+  results = {label: runs(2.0 + 0.001 * i) for i, label in enumerate(sweep.optimizers)}
+  results["muon@lr=0.04@adam_lr=0.003"] = runs(1.5)
+  table, best = main.sweep_table(sweep, results)
+  assert best["muon"] == {"lr": 0.04, "adam_lr": 0.003}
+  assert best["adamw"] == 0.004 and best["speedrun-muon"] == {"lr": 0.02, "adam_lr": 0.001}
+  assert "**lr 0.04, adam_lr 0.003: 1.500**" in table
+  path = tmp_path / "best_lrs.json"
+  path.write_text(json.dumps(best))
+  _, _, (finals,) = config_lib.command_line(
+      configs.Config, configs.CONFIGS, ["--config", "fair_finals", "--best-lrs", str(path)], None,
+      extra_flags=main.add_flags)
+  assert finals.seeds == (0, 1, 2) and finals.steps == 2000 and len(finals.optimizers) == 7
+  assert finals.optimizers[0] == "adamw@lr=0.004"
+  assert "muon@lr=0.04@adam_lr=0.003" in finals.optimizers
+  del best["speedrun-muon"]
+  path.write_text(json.dumps(best))
+  with pytest.raises(SystemExit):
+    main.main(["--config", "fair_finals", "--best-lrs", str(path)])
+  assert "speedrun-muon" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_qk_clip_in_the_example_brings_the_clipped_heads_logit_down_to_tau(corpus, name):
+  """A case built to clip: the query and key kernels scaled up 100x (head 1's query 400x), tau
+  between the two heads' largest logits on the step's batch, the rate 0 (so only QK-clip moves
+  the weights). After the step the same batch gives the clipped head a largest logit of tau
+  (logits are bilinear in the two kernels, each scaled by sqrt(tau / S)), and the other head's is
+  unchanged; without the clip both are as before."""
+  base = compare_lib.run_config(
+      dataclasses.replace(TINY, warmup_steps=0, weight_decay=0.0), f"{name}@lr=0", 0)
+  params = train.Run(base, corpus, 0).params
+  for projection, scale in (("query", jnp.array([100.0, 400.0])[:, None]), ("key", 100.0)):
+    kernel = params["blocks"][0]["attention"][projection]["kernel"]  # (width, heads, head_dim)
+    params["blocks"][0]["attention"][projection]["kernel"] = scale * kernel
+  params = jax.tree.map(np.array, params)
+  run = train.Run(base, corpus, 0)
+  inputs, _ = data.random_windows(run.ids, jax.random.fold_in(run.key, 0), 4, 16)
+
+  def max_logits(params):
+    model = nnx.merge(run.graphdef, params)
+    return np.asarray(logits_and_max_attention_logits(model, inputs)[1]["blocks/0/attention"])
+
+  before = max_logits(params)
+  low, high = sorted(range(2), key=lambda h: before[h])
+  assert before[high] > 2 * before[low] > 0, before  # room for a tau between them
+  tau = float(np.sqrt(before[low] * before[high]))
+  # Round-off of the measured logits (products of width and head_dim terms, twice: before and
+  # after), with a margin of 8 for the cancellation in a dot product of random vectors.
+  tol = 8 * 2 * (round_off(TINY.width) + round_off(TINY.width // TINY.heads))
+  for clip in (None, tau):
+    run = train.Run(dataclasses.replace(base, qk_clip=clip), corpus, 0)
+    run.params = jax.tree.map(jnp.asarray, params)
+    run.step()
+    if clip is not None:
+      assert float(run.max_logit) == pytest.approx(before.max(), rel=tol)  # recorded
+    after = max_logits(jax.tree.map(np.array, run.params))
+    np.testing.assert_allclose(after[low], before[low], rtol=tol)
+    expected = before[high] if clip is None else tau
+    np.testing.assert_allclose(after[high], expected, rtol=tol)
+
+
+def test_wallclock_table_reads_each_curve_at_muons_time():
+  """Muon: 100 ms a step, 2,000 steps = 200 s. A 2x slower optimiser runs 1,000 steps in that
+  time (its loss there, read off its curve); a 2x faster one would run 4,000 (only an upper
+  bound, its 2,000-step loss); the time to Muon's final loss is steps_to x step time / 200 s."""
+  config = dataclasses.replace(TINY, steps=2000)
+
+  def runs(losses):
+    return [{"eval_steps": [0, 1000, 2000], "val_loss": losses}]
+
+  results = {"muon@lr=0.04": runs([4.0, 2.0, 1.6]), "slow@lr=1": runs([4.0, 1.6, 1.4]),
+             "fast@lr=1": runs([4.0, 2.2, 1.8])}
+  table = main.wallclock_table(config, results, {"muon@lr=0.04": 100.0, "slow@lr=1": 200.0,
+                                                 "fast@lr=1": 50.0})
+  rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
+          if line.startswith("| ") and "---" not in line}
+  assert rows["muon"][1:5] == ["100", "1.00x", "2000", "1.600"] and rows["muon"][5] == "1.00x |"
+  # slow: 1,000 steps in 200 s, loss 1.6 there; reaches 1.6 at step 1,000 = 200 s: 1.00x.
+  assert rows["slow"][1:5] == ["200", "2.00x", "1000", "1.600"] and rows["slow"][5] == "1.00x |"
+  # fast: 4,000 steps in 200 s, only 2,000 run; never reaches 1.6.
+  assert rows["fast"][3:5] == ["2000+", "< 1.800 (a)"] and rows["fast"][5] == "- |"
+  assert "not reached in 2000 steps" in table
+  assert main.loss_at_step(results["slow@lr=1"][0], 1500) == pytest.approx(1.5)

@@ -167,6 +167,8 @@ class Panel(NamedTuple):
   ylabel: str
   series: Callable[[dict], tuple[Any, Any]]
   yscale: str = "linear"
+  ylim: tuple[float, float] | None = None  # None: matplotlib's
+  marks: tuple[float, ...] = ()  # x values marked by a dashed vertical line
 
 
 def per_epoch(key: str, scale: float = 1.0) -> Callable[[dict], tuple[Any, Any]]:
@@ -200,6 +202,10 @@ def plot(results: dict[str, list[dict]], path: Path,
         ax.fill_between(x, values.mean(0) - spread, values.mean(0) + spread,
                         color=line.get_color(), alpha=0.2)
     ax.set(xlabel=panel.xlabel, ylabel=panel.ylabel, title=panel.title, yscale=panel.yscale)
+    if panel.ylim is not None:
+      ax.set_ylim(*panel.ylim)
+    for mark in panel.marks:
+      ax.axvline(mark, color="grey", linestyle="--", linewidth=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -217,13 +223,14 @@ def device_line() -> str:
 
 def report(config: Any, results: dict[str, list[dict]], workdir: Path, *, table: str, setting: str,
            panels: Sequence[Panel] = VALIDATION_PANELS, plot_name: str = "compare.png",
-           **extra: Any) -> dict:
-  """Prints `table` and `setting`, draws `plot_name` and writes `results.json` (config, setting,
-  results and `extra`) to `workdir`, once; returns what results.json holds."""
+           plotted: dict[str, list[dict]] | None = None, **extra: Any) -> dict:
+  """Prints `table` and `setting`, draws `plot_name` (of `plotted`, default `results`: the runs
+  with whatever else the panels need) and writes `results.json` (config, setting, results and
+  `extra`) to `workdir`, once; returns what results.json holds."""
   summary = {"config": json_values(config), "setting": setting, "results": results, **extra}
   print(table)
   print(setting)
-  plot(results, workdir / plot_name, panels)
+  plot(results if plotted is None else plotted, workdir / plot_name, panels)
   (workdir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
   print(f"plot: {workdir / plot_name}")
   print(f"results: {workdir / 'results.json'}")

@@ -34,6 +34,7 @@ from optax.contrib import MuonDimensionNumbers
 
 import orthax
 
+MUONS = ("muon", "orthax-muon", "speedrun-muon")  # the ones with an AdamW part of their own
 OPTIMIZERS = (
     "sgdm", "orthogonal-sgdm", "adam", "orthogonal-adam", "n-sgdm", "cn-sgdm", "muon", "adamw",
     "orthogonal-adamw", "orthax-muon", "speedrun-muon")
@@ -164,6 +165,7 @@ def make_optimizer(
     muon_beta: float | None = None,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     steps: int | None = None,
+    normuon_beta2: float | None = None,
 ) -> optax.GradientTransformation:
   """Optimiser `name` (one of `OPTIMIZERS`).
 
@@ -188,8 +190,13 @@ def make_optimizer(
     adam_learning_rate: the muons' AdamW learning rate; default `learning_rate`.
     steps: iterations of the approximate methods (newton_schulz, polar_express); None is
       orthax's default.
+    normuon_beta2: orthax-muon only: NorMuon's second-moment decay (`orthax.muon`'s
+      `normuon_beta2`, one moment per output feature, the paper's neuron); None: no NorMuon.
   """
   check_name(name, mask, layout)
+  if normuon_beta2 is not None and name != "orthax-muon":
+    raise ValueError(f"normuon_beta2 is orthax-muon's option (speedrun-muon has NorMuon "
+                     f"built in); {name!r} has none.")
   if name == "muon":
     return optax.contrib.muon(
         learning_rate, beta=momentum if muon_beta is None else muon_beta,
@@ -202,7 +209,8 @@ def make_optimizer(
         learning_rate, beta=momentum if muon_beta is None else muon_beta, method=method,
         mask=MASKS[mask], layout=make_layout(layout), weight_decay=weight_decay,
         adam_b1=momentum, adam_b2=b2,
-        adam_weight_decay=weight_decay, adam_learning_rate=adam_learning_rate, **options)
+        adam_weight_decay=weight_decay, adam_learning_rate=adam_learning_rate,
+        normuon_beta2=normuon_beta2, **options)
   if name == "speedrun-muon":  # its own method (Polar Express), layout and Adam epsilon
     return orthax.speedrun_muon(
         learning_rate, beta=momentum if muon_beta is None else muon_beta,

@@ -14,8 +14,10 @@ e.g. one per core), with a last call over all labels making the tables.
 Prints and saves (in --workdir): a table per optimiser (validation loss at 500 / 1,000 / 2,000
 steps, mean ± std over seeds, steps to the first optimiser's final loss and to muon's, step time
 relative to the first optimiser measured side by side in one process), `results.json`,
-`curves.png` (validation loss per step), and a sample of generated text from the best run. With
-`--config sweep`, a table of final validation loss per learning rate and `best_lrs.json`.
+`curves.png` (validation loss per step; with muon among them, also against wall-clock time),
+a table against Muon's wall-clock time (`wallclock_table`), and a sample of generated text from
+the best run. With `--config sweep` or `fair_sweep`, a table of final validation loss per
+learning rate (and AdamW-part rate) and `best_lrs.json`.
 """
 
 from __future__ import annotations
@@ -36,14 +38,29 @@ from examples.shakespeare_char.configs import Config
 CHECKPOINTS = (500, 1000, 2000)
 
 
+RATE_KEYS = ("lr=", "learning_rate=", "adam_lr=")
+
+
 def setting_of(label: str) -> str:
-  """The label without its learning rate: the optimiser setting it belongs to."""
-  return "@".join(part for part in label.split("@") if not part.startswith(("lr=",
-                                                                           "learning_rate=")))
+  """The label without its learning rates (lr, adam_lr): the optimiser setting it belongs to."""
+  return "@".join(part for part in label.split("@") if not part.startswith(RATE_KEYS))
 
 
 def rate_of(config: Config, label: str) -> float:
   return compare_lib.run_config(config, label, 0).learning_rate
+
+
+def rates_of(config: Config, label: str) -> dict[str, float]:
+  """{"lr": ...} and, where the label sets it, {"adam_lr": ...}: the rates a sweep tunes."""
+  run = compare_lib.run_config(config, label, 0)
+  rates = {"lr": run.learning_rate}
+  if run.adam_lr is not None:
+    rates["adam_lr"] = run.adam_lr
+  return rates
+
+
+def rates_text(rates: dict[str, float]) -> str:
+  return ", ".join(f"{key} {value:g}" for key, value in rates.items())
 
 
 def run_all(config: Config, corpus: data.Corpus, workdir: Path,
@@ -119,27 +136,100 @@ def results_table(config: Config, results: dict[str, list[dict]],
   return compare_lib.results_table(results, columns, name=setting_of)
 
 
-def sweep_table(config: Config, results: dict[str, list[dict]]) -> tuple[str, dict[str, float]]:
+def sweep_table(config: Config, results: dict[str, list[dict]]
+                ) -> tuple[str, dict[str, float | dict[str, float]]]:
   """Markdown: final validation loss of each setting at each rate (mean over seeds); and the
-  best rate of each setting (a diverged run counts as worst)."""
-  grid: dict[str, dict[float, float]] = {}
+  best rate of each setting (a diverged run counts as worst): a float, or {"lr": ..., "adam_lr":
+  ...} for a setting swept over its AdamW part's rate too."""
+  grid: dict[str, dict[tuple, float]] = {}
   for label, runs in results.items():
     loss = final_mean(runs)
-    grid.setdefault(setting_of(label), {})[rate_of(config, label)] = (
-        loss if np.isfinite(loss) else np.inf)
-  best = {name: min(losses, key=losses.__getitem__) for name, losses in grid.items()}
-  lines = [f"| optimiser | final validation loss at each rate ({config.steps} steps) | best lr |",
+    rates = tuple(rates_of(config, label).items())
+    grid.setdefault(setting_of(label), {})[rates] = loss if np.isfinite(loss) else np.inf
+  chosen = {name: min(losses, key=losses.__getitem__) for name, losses in grid.items()}
+  best = {name: rates[0][1] if len(rates) == 1 else dict(rates) for name, rates in chosen.items()}
+  lines = [f"| optimiser | final validation loss at each rate ({config.steps} steps) | best |",
            "| --- | --- | ---: |"]
   for name, losses in grid.items():
-    cells = ", ".join(("**" if rate == best[name] else "") + f"{rate:g}: {loss:.3f}"
-                      + ("**" if rate == best[name] else "") for rate, loss in losses.items())
-    lines.append(f"| {name} | {cells} | {best[name]:g} |")
+    def cell(rates: tuple, loss: float, best: tuple = chosen[name]) -> str:
+      text = rates_text(dict(rates)) if len(rates) > 1 else f"{rates[0][1]:g}"
+      bold = "**" if rates == best else ""
+      return f"{bold}{text}: {loss:.3f}{bold}"
+
+    cells = ", ".join(cell(rates, loss) for rates, loss in losses.items())
+    lines.append(f"| {name} | {cells} | {rates_text(dict(chosen[name]))} |")
   return "\n".join(lines), best
 
 
 PANELS = (compare_lib.Panel(
     "Character-level GPT on Tiny Shakespeare", "step", "validation loss",
     lambda run: (run["eval_steps"], run["val_loss"]), yscale="log"),)
+
+
+def loss_at_step(history: dict, step: float) -> float:
+  """The validation loss at `step`, interpolated linearly between evaluations."""
+  return float(np.interp(step, history["eval_steps"], history["val_loss"]))
+
+
+def muon_label(results: dict[str, list[dict]]) -> str | None:
+  return next((label for label in results if setting_of(label) == "muon"), None)
+
+
+def wallclock_table(config: Config, results: dict[str, list[dict]],
+                    step_ms: dict[str, float]) -> str:
+  """Markdown: each optimiser against Muon's wall-clock time (`optax.contrib.muon`, the label
+  whose setting is "muon"): wall time = steps x the step time measured side by side. Per
+  optimiser: the steps it runs in the time Muon takes for its `config.steps`, its validation
+  loss there (interpolated between evaluations; mean ± std over seeds), and the time it takes to
+  reach Muon's final loss as a fraction of Muon's time."""
+  muon = muon_label(results)
+  if muon is None:
+    raise ValueError("the wall-clock comparison needs a 'muon' label")
+  budget_ms = config.steps * step_ms[muon]
+  target = final_mean(results[muon])
+  lines = [f"| optimiser | step time (ms) | vs muon | steps in muon's {budget_ms / 1e3:.0f} s | "
+           f"val loss at muon's {budget_ms / 1e3:.0f} s | time to muon's {target:.3f} (x muon's) |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  notes = []
+  for label, runs in results.items():
+    steps = budget_ms / step_ms[label]
+    if steps <= config.steps:
+      loss = compare_lib.mean_std([loss_at_step(r, steps) for r in runs], ".3f")
+    else:
+      loss = f"< {compare_lib.mean_std([r['val_loss'][-1] for r in runs], '.3f')} (a)"
+      notes.append(f"(a): it would run more steps than the {config.steps:,} trained in Muon's "
+                   f"time; its loss at {config.steps:,} steps is shown, an upper bound.")
+    reached = [steps_to(r, target) for r in runs]
+    fractions = [s * step_ms[label] / budget_ms for s in reached if s is not None]
+    if len(fractions) == len(runs):
+      time_cell = compare_lib.mean_std(fractions, ".2f") + "x"
+    elif fractions:
+      time_cell = f"{compare_lib.mean_std(fractions, '.2f')}x ({len(fractions)}/{len(runs)} runs)"
+    else:
+      time_cell = "-"
+      notes.append(f"-: Muon's {target:.3f} not reached in {config.steps} steps; it needs more.")
+    lines.append(f"| {setting_of(label)} | {step_ms[label]:.0f} | "
+                 f"{step_ms[label] / step_ms[muon]:.2f}x | {min(steps, config.steps):.0f}"
+                 f"{'+' if steps > config.steps else ''} | {loss} | {time_cell} |")
+  return "\n".join(lines + ([""] + list(dict.fromkeys(notes)) if notes else []))
+
+
+def wallclock_panels(config: Config, results: dict[str, list[dict]],
+                     step_ms: dict[str, float]) -> tuple[compare_lib.Panel, ...]:
+  """Validation loss per step, and against wall-clock time (steps x the side-by-side step time,
+  run["timed_step_ms"]): whole, and its last part; a dashed line at Muon's time."""
+  muon = muon_label(results)
+  marks = () if muon is None else (config.steps * step_ms[muon] / 1e3,)
+  lowest = min(final_mean(runs) for runs in results.values())
+
+  def seconds(run):
+    return np.asarray(run["eval_steps"]) * run["timed_step_ms"] / 1e3, run["val_loss"]
+
+  return (*PANELS,
+          compare_lib.Panel("Against wall-clock time (side-by-side step time)",
+                            "seconds", "validation loss", seconds, yscale="log", marks=marks),
+          compare_lib.Panel("The same, last part", "seconds", "validation loss", seconds,
+                            ylim=(lowest - 0.02, lowest + 0.3), marks=marks))
 
 
 def setting_line(config: Config, corpus: data.Corpus) -> str:
@@ -162,6 +252,7 @@ def compare(config: Config, corpus: data.Corpus | None = None, *, sweep: bool = 
   cache = train.StepCache()
   results = run_all(config, corpus, workdir, cache)
   extra: dict = {}
+  panels, plotted = PANELS, None
   if sweep:
     table, best = sweep_table(config, results)
     (workdir / "best_lrs.json").write_text(json.dumps(best, indent=2) + "\n")
@@ -172,6 +263,11 @@ def compare(config: Config, corpus: data.Corpus | None = None, *, sweep: bool = 
       runs = {label: compare_lib.run_config(config, label, 0) for label in config.optimizers}
       step_ms = extra["step_ms"] = train.time_steps(runs, corpus, steps=time_steps, cache=cache)
     table = results_table(config, results, step_ms)
+    if step_ms and muon_label(results) is not None:
+      table += "\n\nAgainst Muon's wall-clock time:\n\n" + wallclock_table(config, results, step_ms)
+      panels = wallclock_panels(config, results, step_ms)
+      plotted = {label: [{**r, "timed_step_ms": step_ms[label]} for r in runs]
+                 for label, runs in results.items()}
   if config.sample_chars:
     label = min(results, key=lambda k: final_mean(results[k]))
     run = compare_lib.run_config(config, label, config.seeds[0])
@@ -180,8 +276,8 @@ def compare(config: Config, corpus: data.Corpus | None = None, *, sweep: bool = 
     extra["sample"] = {"label": label, "text": train.generate(run, params, corpus,
                                                               config.sample_chars)}
   summary = compare_lib.report(config, results, workdir, table=table,
-                               setting=setting_line(config, corpus), panels=PANELS,
-                               plot_name="curves.png", **extra)
+                               setting=setting_line(config, corpus), panels=panels,
+                               plot_name="curves.png", plotted=plotted, **extra)
   if "sample" in extra:
     print(f"\nsample from {extra['sample']['label']}, seed {config.seeds[0]}:\n"
           f"{extra['sample']['text']}\n")
@@ -234,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
       print(timing_table(config, corpus, args.time_steps or 20))
       print(setting_line(config, corpus))
     else:
-      compare(config, sweep=args.config == "sweep", time_steps=args.time_steps)
+      compare(config, sweep=args.config in configs.SWEEPS, time_steps=args.time_steps)
 
   return config_lib.exit_code(run)
 

@@ -7,8 +7,10 @@ start from the same initialisation whatever their optimiser. Every `eval_every` 
 end) the model's mean loss over fixed validation windows is recorded.
 
 Outputs, in the run's directory: `history.json` (config, validation losses, training loss per
-interval, step time, compile time) and `params.npz`. A run whose `history.json` exists with the
-same config is read back, not trained again, so an interrupted comparison resumes run by run.
+interval, step time, compile time; with `qk_clip` or `log_max_logit`, `max_logit`: the largest
+attention logit of each step's batch, before its update) and `params.npz`. A run whose
+`history.json` exists with the same config is read back, not trained again, so an interrupted
+comparison resumes run by run.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+import orthax
 from examples.lib import compare, optimizers
 from examples.lib.config import json_values
 from examples.shakespeare_char import data
 from examples.shakespeare_char.configs import Config
-from examples.shakespeare_char.model import GPT
+from examples.shakespeare_char.model import GPT, logits_and_max_attention_logits
 
 
 def check(config: Config) -> None:
@@ -46,6 +49,13 @@ def check(config: Config) -> None:
   for label in config.optimizers:
     run = compare.run_config(config, label, 0)
     optimizers.check_name(run.optimizer, run.mask, run.layout)
+    if run.adam_lr is not None and run.optimizer not in optimizers.MUONS:
+      raise ValueError(f"{label}: adam_lr is the rate of a muon's AdamW part "
+                       f"({', '.join(optimizers.MUONS)}); {run.optimizer} has none.")
+    if run.normuon_beta2 is not None and run.optimizer != "orthax-muon":
+      raise ValueError(f"{label}: normuon_beta2 is orthax-muon's option.")
+    if run.qk_clip is not None and not run.qk_clip > 0:
+      raise ValueError(f"{label}: qk_clip must be a threshold > 0, got {run.qk_clip}.")
 
 
 def make_model(config: Config, vocab: int, seed: int) -> GPT:
@@ -53,20 +63,33 @@ def make_model(config: Config, vocab: int, seed: int) -> GPT:
              width=config.width, rngs=nnx.Rngs(seed))
 
 
-def make_schedule(config: Config) -> optax.Schedule:
-  """Linear warm-up from 0, then cosine decay to `final_lr_fraction` of the peak (nanoGPT's)."""
+def make_schedule(config: Config, peak: float | None = None) -> optax.Schedule:
+  """Linear warm-up from 0, then cosine decay to `final_lr_fraction` of the peak (nanoGPT's);
+  the peak is `learning_rate` unless given."""
+  peak = config.learning_rate if peak is None else peak
   return optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps, config.steps,
-      end_value=config.final_lr_fraction * config.learning_rate)
+      0.0, peak, config.warmup_steps, config.steps, end_value=config.final_lr_fraction * peak)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """The run's optimiser (`examples.lib.optimizers`), after clipping the gradient's norm."""
+  """The run's optimiser (`examples.lib.optimizers`), after clipping the gradient's norm; the
+  muons' AdamW part on `make_schedule(config, adam_lr)` when `adam_lr` is given; `orthax.qk_clip`
+  last when `qk_clip` is (its `update` then needs `max_logits=`)."""
+  adam_schedule = None if config.adam_lr is None else make_schedule(config, config.adam_lr)
   tx = optimizers.make_optimizer(
       config.optimizer, learning_rate=make_schedule(config), momentum=config.momentum,
       weight_decay=config.weight_decay, method=config.method, mask=config.mask, b2=config.b2,
-      layout=config.layout, muon_beta=config.muon_beta)
-  return optax.chain(optax.clip_by_global_norm(config.clip), tx) if config.clip else tx
+      layout=config.layout, muon_beta=config.muon_beta, adam_learning_rate=adam_schedule,
+      normuon_beta2=config.normuon_beta2)
+  chain = ([optax.clip_by_global_norm(config.clip)] if config.clip else []) + [tx]
+  if config.qk_clip is not None:
+    chain.append(orthax.qk_clip(config.qk_clip))
+  return optax.chain(*chain) if len(chain) > 1 else tx
+
+
+def records_logits(config: Config) -> bool:
+  """Whether the run's step measures each head's largest attention logit (QK-clip needs it)."""
+  return config.qk_clip is not None or config.log_max_logit
 
 
 def loss_fn(params, graphdef, inputs, targets) -> jax.Array:
@@ -74,13 +97,38 @@ def loss_fn(params, graphdef, inputs, targets) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "batch_size", "context"),
+def loss_and_max_logits(params, graphdef, inputs, targets) -> tuple[jax.Array, dict]:
+  """The loss, and each attention module's largest logit per head (`orthax.qk_clip`'s input)."""
+  logits, max_logits = logits_and_max_attention_logits(nnx.merge(graphdef, params), inputs)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  return loss, max_logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "batch_size", "context", "logits"),
                    donate_argnames=("params", "opt_state"))
-def train_step(params, opt_state, ids, key, step, *, graphdef, tx, batch_size, context):
+def train_step(params, opt_state, ids, key, step, *, graphdef, tx, batch_size, context,
+               logits="none"):
+  """One step: (params, opt_state, loss, largest attention logit of the batch). `logits`:
+  "none" (not measured: nan), "record" (measured), "clip" (measured and passed to the optimiser
+  as `max_logits=`, for `orthax.qk_clip`)."""
   inputs, targets = data.random_windows(ids, jax.random.fold_in(key, step), batch_size, context)
-  loss, grads = jax.value_and_grad(loss_fn)(params, graphdef, inputs, targets)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
+  if logits == "none":
+    loss, grads = jax.value_and_grad(loss_fn)(params, graphdef, inputs, targets)
+    max_logit = jnp.full((), jnp.nan)
+  else:
+    (loss, max_logits), grads = jax.value_and_grad(loss_and_max_logits, has_aux=True)(
+        params, graphdef, inputs, targets)
+    max_logit = jnp.max(jnp.stack([jnp.max(m) for m in max_logits.values()]))
+  extra = {"max_logits": max_logits} if logits == "clip" else {}
+  updates, opt_state = tx.update(grads, opt_state, params, **extra)
+  return optax.apply_updates(params, updates), opt_state, loss, max_logit
+
+
+def logits_mode(config: Config) -> str:
+  """`train_step`'s `logits` for `config`."""
+  if config.qk_clip is not None:
+    return "clip"
+  return "record" if config.log_max_logit else "none"
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -109,7 +157,8 @@ class StepCache:
       start = time.perf_counter()
       compiled = train_step.lower(
           params, tx.init(params), ids, key, 0, graphdef=graphdef, tx=tx,
-          batch_size=config.batch_size, context=config.context).compile()
+          batch_size=config.batch_size, context=config.context,
+          logits=logits_mode(config)).compile()
       self.entries[setting] = tx, compiled, time.perf_counter() - start
     return self.entries[setting]
 
@@ -135,7 +184,9 @@ class Run:
     self.opt_state = self.tx.init(self.params)
 
   def step(self) -> jax.Array:
-    self.params, self.opt_state, loss = self.compiled_step(
+    """One step; its training loss (and, in `max_logit`, the batch's largest attention logit,
+    nan unless the config measures it)."""
+    self.params, self.opt_state, loss, self.max_logit = self.compiled_step(
         self.params, self.opt_state, self.ids, self.key, self.count)
     self.count += 1
     return loss
@@ -171,21 +222,26 @@ def train(config: Config, corpus: data.Corpus, workdir: Path,
   history: dict[str, Any] = {
       "config": settings, "eval_steps": [0], "val_loss": [float(evaluate(run.params))],
       "train_loss": [None]}
-  losses, train_s = [], 0.0
+  if logits_mode(config) != "none":
+    history["max_logit"] = []  # per step: the largest attention logit of its batch
+  losses, max_logits, train_s = [], [], 0.0
   bar = tqdm(range(1, config.steps + 1), desc=f"{config.optimizer} seed {seed}", leave=False,
              file=sys.stderr)
   for step in bar:
     start = time.perf_counter()
     losses.append(run.step())
+    max_logits.append(run.max_logit)
     if step % config.eval_every == 0 or step == config.steps:
       interval = np.asarray(jax.device_get(losses))
+      if "max_logit" in history:
+        history["max_logit"] += [float(m) for m in jax.device_get(max_logits)]
       train_s += time.perf_counter() - start  # the steps since the last evaluation, now done
       start = time.perf_counter()
       history["eval_steps"].append(step)
       history["train_loss"].append(float(interval.mean()))
       history["val_loss"].append(float(evaluate(run.params)))
       bar.set_postfix(val=f"{history['val_loss'][-1]:.3f}", refresh=False)
-      losses = []
+      losses, max_logits = [], []
     else:
       train_s += time.perf_counter() - start
   bar.close()
