@@ -106,3 +106,19 @@ def test_communication_smoke(tmp_path):
   baseline = rows[("explicit", "stack-axis resharding (MaxText)")]
   assert split["collectives"] <= baseline["collectives"]
   assert split["MB / device"] <= 1.2 * bound
+
+
+def test_cnn_gradients_smoke(tmp_path):
+  """Every kernel gets a row whose methods agree with each other to float32 round-off (the
+  smoke's gradients are well conditioned), and the timing table has SGDM's step as its unit."""
+  from benchmarks import cnn_gradients
+  cnn_gradients.main(["--smoke", "--out", str(tmp_path)])
+  rows = json.loads((tmp_path / "cnn_gradients_basic_cnn.json").read_text())["rows"]
+  assert [r["matrix"] for r in rows] == ["32 x 27", "288 x 32", "288 x 32", "512 x 10"]
+  for row in rows:
+    assert {row["auto picks"]} <= {"svd", "eigh"}
+    # float32 polar factor: distance to float64 within 100 eps x condition number.
+    bound = 100 * 2.0**-23 * row["condition number (kept)"]
+    assert max(row[f"dist {m}"] for m in cnn_gradients.METHODS) < bound, row
+  timing = json.loads((tmp_path / "cnn_gradients_basic_cnn_times.json").read_text())["rows"]
+  assert timing[0] == {"timed": "sgdm step", "ms": timing[0]["ms"], "vs sgdm step": 1.0}
