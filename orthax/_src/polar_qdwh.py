@@ -1,15 +1,30 @@
-"""Exact polar factor by the QR-based dynamically weighted Halley iteration (QDWH).
+"""Exact polar factor by the dynamically weighted Halley iteration (QDWH), Cholesky steps only.
 
-Each step is X <- X (a I + b X^T X)(I + c X^T X)^-1 with weights (a, b, c) chosen for the current
-lower bound l on the singular values of X (scaled so that they lie in [l, 1]); six steps take
-l = float32's eps to 1 (Nakatsukasa, Bai and Gygi). While c is large the step is formed from a QR
-factorisation of [sqrt(c) X; I], which is backward stable; afterwards from a Cholesky
-factorisation of I + c X^T X, which needs only the N x N matrix. Everything else is matrix
-products, so a stack of matrices is one batched program, with no loop over its matrices, on
-every backend but CPU (where, as for the other exact methods, each matrix is its own LAPACK call).
+Each step is X <- X (a I + b X^T X)(I + c X^T X)^-1 with weights (a, b, c) chosen for a lower
+bound l on the singular values of X, scaled so that they lie in [l, 1] (Nakatsukasa, Bai and
+Gygi). Every step is formed from the Cholesky factorisation of I + c X^T X, which needs only the
+N x N matrix, and two triangular solves; everything else is matrix products. So a stack of
+matrices is one batched program on every backend but CPU (where, as for the other exact methods,
+each matrix is its own LAPACK call), with no QR factorisation (which GPU solver libraries may run
+one matrix at a time: benchmarks/results/qdwh.md).
+
+Why the weight c is capped (`CHOLESKY_MAX_WEIGHT`): the step's scalar map
+x (a + b x^2) / (1 + c x^2) takes [0, 1] into [0, 1], so the singular values of every iterate
+stay in [0, 1], and I + c X^T X has its eigenvalues in [1, 1 + c]: its condition number is at
+most 1 + c. The Cholesky factorisation and the solves then err by at most about (1 + c) times a
+backward-stable step's round-off, a fixed factor when c is bounded. The optimal weights for a
+small bound have c growing like l^(-4/3) (above 10^9 at float32's eps), which is why QDWH starts
+with QR-based steps; here a step whose optimal c exceeds the cap takes instead the weights of
+the smallest larger bound whose c is at the cap (`capped_weights`). Those weights still take
+every singular value in [l, 1] to [f(l), 1], growing small ones by about a factor a per step,
+so float32's eps reaches 1 in eight steps instead of six. tests/test_polar_qdwh.py checks, in
+float64 arithmetic, that the weights take [lower, 1] to within eps of 1 and [0, 1] into [0, 1]
+with c at most the cap at every step, and the factor's accuracy against numpy's float64 U V^T.
 
 The weights depend only on the starting bound, which is fixed before tracing: the number of
-steps is static, so there is no data-dependent loop either.
+steps is static, so there is no data-dependent loop either. Every matrix product runs at
+`Precision.HIGHEST`: an accelerator's default float32 product (TF32 on recent GPUs, one bfloat16
+pass on TPU) would leave the route far from float32-exact.
 """
 
 from __future__ import annotations
@@ -27,40 +42,65 @@ from orthax._src.polar_derivative import with_polar_derivative
 
 Array = jax.Array
 
-# A step is formed from a QR factorisation while its weight c exceeds this (Nakatsukasa and
-# Higham's choice): the Cholesky form's error grows with c.
+# The largest weight c of a step (Nakatsukasa and Higham form steps by Cholesky factorisation
+# once c is at most this): I + c X^T X then has condition number at most 1 + c.
 CHOLESKY_MAX_WEIGHT = 100.0
 
 
+def _matmul(a: Array, b: Array) -> Array:
+  """a @ b in full float32 (or the dtype's) precision on every backend."""
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def dwh_weights(low: float) -> tuple[float, float, float]:
+  """The optimal weights (a, b, c) of one dynamically weighted Halley step for singular values
+  in [low, 1], 0 < low <= 1, in float64: the map x (a + b x^2) / (1 + c x^2) is at most 1 on
+  [0, 1] and its least value on [low, 1] is at low, as large as it can be."""
+  l2 = low * low
+  d = (4 * (1 - l2) / (l2 * l2)) ** (1 / 3)
+  a = math.sqrt(1 + d) + math.sqrt(8 - 4 * d + 8 * (2 - l2) / (l2 * math.sqrt(1 + d))) / 2
+  b = (a - 1) ** 2 / 4
+  return a, b, a + b - 1
+
+
 @functools.cache
-def qdwh_weights(lower: float, eps: float) -> tuple[tuple[float, float, float], ...]:
-  """The dynamically weighted Halley weights (a, b, c) that take singular values in [lower, 1]
-  to within `eps` of 1, one triple per step, in float64."""
+def _cap_bound(cap: float) -> float:
+  """The smallest bound whose optimal weight c is at most `cap` (c decreases as the bound
+  grows, to 3 at 1), by bisection in float64; `cap` at least 3."""
+  lo, hi = 0.0, 1.0
+  for _ in range(100):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if dwh_weights(mid)[2] > cap else (lo, mid)
+  return hi
+
+
+@functools.cache
+def capped_weights(lower: float, eps: float, cap: float = CHOLESKY_MAX_WEIGHT
+                   ) -> tuple[tuple[float, float, float], ...]:
+  """The weights (a, b, c) of the steps that take singular values in [lower, 1] to within `eps`
+  of 1 with c <= `cap` at every step, one triple per step, in float64.
+
+  A step with bound l takes the optimal weights of max(l, l_cap), l_cap the smallest bound whose
+  c is at most `cap`: its map is increasing on [0, l_cap], so the least value on [l, 1] is still
+  at l, and the next bound is the image of l.
+  """
+  if not 0 < lower <= 1 or not 0 < eps < 1 or cap < 3:
+    raise ValueError(f"capped_weights needs 0 < lower <= 1, 0 < eps < 1 and cap >= 3, got "
+                     f"{lower=}, {eps=}, {cap=}.")
   steps: list[tuple[float, float, float]] = []
   low = lower
-  while low < 1 - eps and len(steps) < 20:
-    l2 = low * low
-    d = (4 * (1 - l2) / (l2 * l2)) ** (1 / 3)
-    a = math.sqrt(1 + d) + math.sqrt(8 - 4 * d + 8 * (2 - l2) / (l2 * math.sqrt(1 + d))) / 2
-    b = (a - 1) ** 2 / 4
-    c = a + b - 1
+  while low < 1 - eps:
+    a, b, c = dwh_weights(max(low, _cap_bound(cap)))
     steps.append((a, b, c))
-    low = min(1.0, low * (a + b * l2) / (1 + c * l2))
+    low = min(1.0, low * (a + b * low * low) / (1 + c * low * low))
   return tuple(steps)
 
 
-def _qr_step(x: Array, a: float, b: float, c: float) -> Array:
-  """X (a I + b X^T X)(I + c X^T X)^-1 = (b / c) X + (a - b / c) Q1 Q2^T, [sqrt(c) X; I] = Q R."""
-  n = x.shape[-1]
-  q, _ = jnp.linalg.qr(jnp.concatenate([math.sqrt(c) * x, jnp.eye(n, dtype=x.dtype)], axis=-2))
-  q1, q2 = q[..., :-n, :], q[..., -n:, :]
-  return (b / c) * x + ((a - b / c) / math.sqrt(c)) * (q1 @ mT(q2))
-
-
 def _cholesky_step(x: Array, a: float, b: float, c: float) -> Array:
-  """The same step through the Cholesky factor L of I + c X^T X: X (L L^T)^-1 by two solves."""
+  """X (a I + b X^T X)(I + c X^T X)^-1 = (b / c) X + (a - b / c) X (L L^T)^-1, L the Cholesky
+  factor of I + c X^T X, by two triangular solves."""
   n = x.shape[-1]
-  chol = jnp.linalg.cholesky(c * (mT(x) @ x) + jnp.eye(n, dtype=x.dtype))
+  chol = jnp.linalg.cholesky(c * _matmul(mT(x), x) + jnp.eye(n, dtype=x.dtype))
   z = jax.lax.linalg.triangular_solve(chol, x, left_side=False, lower=True, transpose_a=True)
   z = jax.lax.linalg.triangular_solve(chol, z, left_side=False, lower=True)
   return (b / c) * x + (a - b / c) * z
@@ -72,25 +112,25 @@ def _iterate(g: Array, lower: float) -> Array:
   norm = jnp.linalg.norm(g)
   x = g / jnp.where(norm > 0, norm, 1)  # Singular values in [0, 1].
   eps = float(jnp.finfo(g.dtype).eps)
-  for a, b, c in qdwh_weights(lower, eps):
-    x = (_qr_step if c > CHOLESKY_MAX_WEIGHT else _cholesky_step)(x, a, b, c)
+  for a, b, c in capped_weights(lower, eps):
+    x = _cholesky_step(x, a, b, c)
   return x
 
 
 def _projector(x: Array, g: Array, tol: Any) -> Array:
   """W_K W_K^T, W_K the eigenvectors of H = X^T G (X the iterate, G's polar factor on the kept
   directions) whose eigenvalues, G's singular values, are above `tol` times the largest."""
-  h = mT(x) @ g
+  h = _matmul(mT(x), g)
   lam, w = jnp.linalg.eigh((h + mT(h)) / 2)
   keep = (lam > tol * lam[..., -1:]).astype(x.dtype)
-  return (w * keep[..., None, :]) @ mT(w)
+  return _matmul(w * keep[..., None, :], mT(w))
 
 
 def _needs_drop(x: Array, g: Array, tol: Any) -> Array:
   """Whether H = X^T G may have an eigenvalue at or below `tol * max(S)` (a zero matrix has
   nothing to drop): unless H's Cholesky factorisation after a shift by `tol * ||H||_F` (at least
   `tol * max(S)`) succeeds."""
-  h = mT(x) @ g
+  h = _matmul(mT(x), g)
   h = (h + mT(h)) / 2
   size = jnp.linalg.norm(h, axis=(-2, -1), keepdims=True)
   chol = jnp.linalg.cholesky(h - tol * size * jnp.eye(h.shape[-1], dtype=h.dtype))
@@ -100,8 +140,8 @@ def _needs_drop(x: Array, g: Array, tol: Any) -> Array:
 def _refined(o: Array, ok: Array) -> Array:
   """One Newton-Schulz refinement O (3 I - O^T O) / 2, its small factor NaN where not `ok`."""
   n = o.shape[-1]
-  k = 1.5 * jnp.eye(n, dtype=o.dtype) - 0.5 * (mT(o) @ o)
-  return o @ (k * jnp.where(ok, 1, jnp.nan).astype(o.dtype)[..., None, None])
+  k = 1.5 * jnp.eye(n, dtype=o.dtype) - 0.5 * _matmul(mT(o), o)
+  return _matmul(o, k * jnp.where(ok, 1, jnp.nan).astype(o.dtype)[..., None, None])
 
 
 def _qdwh_each(g: Array, tol: Any, ok: Array, lower: float) -> Array:
@@ -111,7 +151,7 @@ def _qdwh_each(g: Array, tol: Any, ok: Array, lower: float) -> Array:
   def one(g: Array, ok: Array) -> Array:
     x = _iterate(g, lower)
     return jax.lax.cond(_needs_drop(x, g, tol),
-                        lambda: _refined(x @ _projector(x, g, tol), ok),
+                        lambda: _refined(_matmul(x, _projector(x, g, tol)), ok),
                         lambda: _refined(x, ok))
 
   return each(one, g, ok)
@@ -122,7 +162,7 @@ def _qdwh_batched(g: Array, tol: Any, ok: Array, lower: float) -> Array:
   stack has directions to drop (a `lax.cond` under `vmap` would run both branches always)."""
   x = jax.vmap(functools.partial(_iterate, lower=lower))(g)
   return jax.lax.cond(jnp.any(_needs_drop(x, g, tol)),
-                      lambda: _refined(x @ _projector(x, g, tol), ok),
+                      lambda: _refined(_matmul(x, _projector(x, g, tol)), ok),
                       lambda: _refined(x, ok))
 
 
@@ -130,10 +170,12 @@ def qdwh(x: Array, *, rtol: float | Array | None = None, compute_dtype: Any = jn
   """Exact polar factor by the QDWH iteration: matrix products and batched factorisations.
 
   The same polar factor as `svd`, with its conventions and derivative, computed without an SVD:
-  a fixed number of QR- and Cholesky-based steps, then, only for a stack in which some matrix
-  has directions at or below the tolerance, a small symmetric eigendecomposition of H = O^T G
-  (whose eigenvalues are G's singular values) to drop them. The iteration converges for singular
-  values above sqrt(min(P, N)) eps max(S), so `rtol` below that (such as 0.0) acts as that.
+  a fixed number of Cholesky-based steps (at most eight in float32; see the module docstring),
+  then, only for a stack in which some matrix has directions at or below the tolerance, a small
+  symmetric eigendecomposition of H = O^T G (whose eigenvalues are G's singular values) to drop
+  them, and one Newton-Schulz refinement. The iteration converges for singular values above
+  sqrt(min(P, N)) eps max(S), so `rtol` below that (such as 0.0) acts as that. Every matrix
+  product is at `Precision.HIGHEST`.
 
   Args:
     x: array of shape (..., P, N).
