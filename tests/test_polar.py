@@ -536,3 +536,20 @@ def test_auto_uses_svd_on_a_platform_without_a_rule(monkeypatch):
   monkeypatch.setattr(orthax._src.polar, "AUTO_RULES", {})
   text = jax.jit(lambda x: polar.auto(x)).lower(jnp.ones((64, 8))).as_text()  # A fresh trace.
   assert "syevd" not in text and "gesdd" in text
+
+
+@pytest.mark.parametrize("method", ["auto", "svd", "eigh", "qdwh"])
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_exact_methods_and_their_derivative_multiply_at_highest_precision(platform, method):
+  """Lowered for an accelerator (no device needed), every matrix product of an exact method and
+  of its derivative (`jax.jvp`) carries HIGHEST precision: the default is TF32 on recent GPUs and
+  one bfloat16 pass on TPU, about 1e-3 relative, far from the float32 round-off these methods
+  state."""
+  spec = jax.ShapeDtypeStruct((3, 40, 12), jnp.float32)
+  fn = getattr(polar, method)
+  for f, args in ((fn, (spec,)), (lambda g, t: jax.jvp(fn, (g,), (t,)), (spec, spec))):
+    text = jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
+    dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+    assert dots
+    assert all("precision = [HIGHEST, HIGHEST]" in line for line in dots), [
+        line for line in dots if "HIGHEST" not in line]

@@ -32,6 +32,13 @@ def mT(x: Array) -> Array:
   return jnp.swapaxes(x, -1, -2)
 
 
+def matmul(a: Array, b: Array) -> Array:
+  """a @ b in the full precision of its dtype on every backend (`Precision.HIGHEST`): an
+  accelerator's default float32 product (TF32 on recent GPUs, one bfloat16 pass on TPU) would
+  leave the exact methods far from float32 round-off."""
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def check_rtol(rtol: Any) -> Array | bool:
   """Raises unless a concrete `rtol` is None or a number in [0, 1); for a traced one (e.g. from
   `optax.inject_hyperparams` under `jax.jit`) returns whether it is, for the result to use."""

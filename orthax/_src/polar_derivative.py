@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import map_matrices
-from orthax._src.polar_conventions import mT
+from orthax._src.polar_conventions import matmul, mT
 
 Array = jax.Array
 
@@ -56,18 +56,19 @@ def with_polar_derivative(polar: Callable[..., Array], g: Array, ok: Array, *ope
 
 def polar_tangent(g: Array, o: Array, dg: Array, ok: Array) -> Array:
   """dO for tall (B, P, N) stacks: `o` is the (truncated) polar factor of `g`, `dg` the tangent."""
-  h = mT(o) @ g
+  h = matmul(mT(o), g)
   h = jnp.where(ok[:, None, None], (h + mT(h)) / 2, 0)  # LAPACK never sees a NaN.
   s, v = map_matrices(jnp.linalg.eigh, h)
-  u = o @ v  # Unit columns on the kept directions, zero on the dropped ones.
+  u = matmul(o, v)  # Unit columns on the kept directions, zero on the dropped ones.
   kept = jnp.sum(u * u, axis=-2) > 0.5
   nan_unless_ok = jnp.where(ok, 1, jnp.nan)[:, None].astype(s.dtype)
   inv = jnp.where(kept, 1 / jnp.where(kept, s, 1), 0) * nan_unless_ok
   both = kept[:, :, None] & kept[:, None, :]
-  f = mT(u) @ dg @ v
+  f = matmul(matmul(mT(u), dg), v)
   x = jnp.where(both, (f - mT(f)) / jnp.where(both, s[:, :, None] + s[:, None, :], 1), 0)
   core = x - kept[:, :, None] * f * inv[:, None, :] - inv[:, :, None] * f * kept[:, None, :]
   core = core * nan_unless_ok[:, :, None]
   # U core V^T + dG V S_K^-1 V^T + U S_K^-1 U^T dG: the U_K U_K^T and V_K V_K^T parts of the two
   # projections are the last two terms of `core`.
-  return (u @ core + dg @ (v * inv[:, None, :])) @ mT(v) + u @ (inv[:, :, None] * (mT(u) @ dg))
+  return (matmul(matmul(u, core) + matmul(dg, v * inv[:, None, :]), mT(v))
+          + matmul(u, inv[:, :, None] * matmul(mT(u), dg)))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import each, map_matrices, single_thread_cpu_lapack
-from orthax._src.polar_conventions import mT, prepare_exact, tall_by_platform
+from orthax._src.polar_conventions import matmul, mT, prepare_exact, tall_by_platform
 from orthax._src.polar_derivative import with_polar_derivative
 
 Array = jax.Array
@@ -31,7 +31,7 @@ def _svd_polar(x: Array, tol: float | Array, decompose: Callable, ok: Array) -> 
   u, s, vt = decompose(x)
   keep = s > tol * s[..., :1]
   mask = jnp.where(ok[..., None], keep.astype(vt.dtype), jnp.nan)
-  return u @ (mask[..., :, None] * vt)  # Masks the small factor: no P x N kernel.
+  return matmul(u, mask[..., :, None] * vt)  # Masks the small factor: no P x N kernel.
 
 
 _thin_svd = functools.partial(jnp.linalg.svd, full_matrices=False)
@@ -95,12 +95,12 @@ def _gram_polar(g: Array, rtol: float | Array, ok: Array,
   Returns the polar factor and, per matrix, whether the Gram route is accurate for it (not where
   the Gram matrix overflows or is non-finite).
   """
-  a = mT(g) @ g
+  a = matmul(mT(g), g)
   lam, v = decompose(_finite(a))
   lam_max = lam[..., -1:]
   keep = lam > (rtol * rtol) * lam_max
-  b = g @ v
-  c = mT(b) @ b
+  b = matmul(g, v)
+  c = matmul(mT(b), b)
   norms = jnp.sqrt(jnp.diagonal(c, axis1=-2, axis2=-1))
   keep = keep & (norms > 0)
   d = jnp.where(keep, 1 / jnp.where(keep, norms, 1), 0)
@@ -108,14 +108,14 @@ def _gram_polar(g: Array, rtol: float | Array, ok: Array,
   # Kept columns are unit vectors and nearly orthogonal, so mu is ~1 there and exactly 0 on the
   # dropped ones.
   inv_sqrt = jnp.where(mu > 0.5, jax.lax.rsqrt(jnp.where(mu > 0.5, mu, 1)), 0)
-  k = ((d[..., :, None] * w * inv_sqrt[..., None, :]) @ mT(w)) @ mT(v)
+  k = matmul(matmul(d[..., :, None] * w * inv_sqrt[..., None, :], mT(w)), mT(v))
   k = jnp.where(ok[..., None, None], k, jnp.nan)
   # Every ill-conditioned direction is dropped anyway when rtol > 1 / EIGH_MAX_CONDITION (rtol
   # may be a traced array: optax.inject_hyperparams).
   well_conditioned = (lam >= lam_max / EIGH_MAX_CONDITION**2) | (rtol > 1 / EIGH_MAX_CONDITION)
   finite = jnp.isfinite(jnp.diagonal(a, axis1=-2, axis2=-1))
   accurate = jnp.all(well_conditioned & finite, axis=-1)
-  return b @ k, accurate
+  return matmul(b, k), accurate
 
 
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import each, single_thread_cpu_lapack
-from orthax._src.polar_conventions import mT, prepare_exact, tall_by_platform
+from orthax._src.polar_conventions import matmul, mT, prepare_exact, tall_by_platform
 from orthax._src.polar_derivative import with_polar_derivative
 
 Array = jax.Array
@@ -45,11 +45,6 @@ Array = jax.Array
 # The largest weight c of a step (Nakatsukasa and Higham form steps by Cholesky factorisation
 # once c is at most this): I + c X^T X then has condition number at most 1 + c.
 CHOLESKY_MAX_WEIGHT = 100.0
-
-
-def _matmul(a: Array, b: Array) -> Array:
-  """a @ b in full float32 (or the dtype's) precision on every backend."""
-  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def dwh_weights(low: float) -> tuple[float, float, float]:
@@ -100,7 +95,7 @@ def _cholesky_step(x: Array, a: float, b: float, c: float) -> Array:
   """X (a I + b X^T X)(I + c X^T X)^-1 = (b / c) X + (a - b / c) X (L L^T)^-1, L the Cholesky
   factor of I + c X^T X, by two triangular solves."""
   n = x.shape[-1]
-  chol = jnp.linalg.cholesky(c * _matmul(mT(x), x) + jnp.eye(n, dtype=x.dtype))
+  chol = jnp.linalg.cholesky(c * matmul(mT(x), x) + jnp.eye(n, dtype=x.dtype))
   z = jax.lax.linalg.triangular_solve(chol, x, left_side=False, lower=True, transpose_a=True)
   z = jax.lax.linalg.triangular_solve(chol, z, left_side=False, lower=True)
   return (b / c) * x + (a - b / c) * z
@@ -120,17 +115,17 @@ def _iterate(g: Array, lower: float) -> Array:
 def _projector(x: Array, g: Array, tol: Any) -> Array:
   """W_K W_K^T, W_K the eigenvectors of H = X^T G (X the iterate, G's polar factor on the kept
   directions) whose eigenvalues, G's singular values, are above `tol` times the largest."""
-  h = _matmul(mT(x), g)
+  h = matmul(mT(x), g)
   lam, w = jnp.linalg.eigh((h + mT(h)) / 2)
   keep = (lam > tol * lam[..., -1:]).astype(x.dtype)
-  return _matmul(w * keep[..., None, :], mT(w))
+  return matmul(w * keep[..., None, :], mT(w))
 
 
 def _needs_drop(x: Array, g: Array, tol: Any) -> Array:
   """Whether H = X^T G may have an eigenvalue at or below `tol * max(S)` (a zero matrix has
   nothing to drop): unless H's Cholesky factorisation after a shift by `tol * ||H||_F` (at least
   `tol * max(S)`) succeeds."""
-  h = _matmul(mT(x), g)
+  h = matmul(mT(x), g)
   h = (h + mT(h)) / 2
   size = jnp.linalg.norm(h, axis=(-2, -1), keepdims=True)
   chol = jnp.linalg.cholesky(h - tol * size * jnp.eye(h.shape[-1], dtype=h.dtype))
@@ -140,8 +135,8 @@ def _needs_drop(x: Array, g: Array, tol: Any) -> Array:
 def _refined(o: Array, ok: Array) -> Array:
   """One Newton-Schulz refinement O (3 I - O^T O) / 2, its small factor NaN where not `ok`."""
   n = o.shape[-1]
-  k = 1.5 * jnp.eye(n, dtype=o.dtype) - 0.5 * _matmul(mT(o), o)
-  return _matmul(o, k * jnp.where(ok, 1, jnp.nan).astype(o.dtype)[..., None, None])
+  k = 1.5 * jnp.eye(n, dtype=o.dtype) - 0.5 * matmul(mT(o), o)
+  return matmul(o, k * jnp.where(ok, 1, jnp.nan).astype(o.dtype)[..., None, None])
 
 
 def _qdwh_each(g: Array, tol: Any, ok: Array, lower: float) -> Array:
@@ -151,7 +146,7 @@ def _qdwh_each(g: Array, tol: Any, ok: Array, lower: float) -> Array:
   def one(g: Array, ok: Array) -> Array:
     x = _iterate(g, lower)
     return jax.lax.cond(_needs_drop(x, g, tol),
-                        lambda: _refined(_matmul(x, _projector(x, g, tol)), ok),
+                        lambda: _refined(matmul(x, _projector(x, g, tol)), ok),
                         lambda: _refined(x, ok))
 
   return each(one, g, ok)
@@ -162,7 +157,7 @@ def _qdwh_batched(g: Array, tol: Any, ok: Array, lower: float) -> Array:
   stack has directions to drop (a `lax.cond` under `vmap` would run both branches always)."""
   x = jax.vmap(functools.partial(_iterate, lower=lower))(g)
   return jax.lax.cond(jnp.any(_needs_drop(x, g, tol)),
-                      lambda: _refined(_matmul(x, _projector(x, g, tol)), ok),
+                      lambda: _refined(matmul(x, _projector(x, g, tol)), ok),
                       lambda: _refined(x, ok))
 
 
