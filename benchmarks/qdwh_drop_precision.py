@@ -109,6 +109,7 @@ def run(args) -> None:
       "QR+Cholesky iteration (f32), refined drop (f32, split products)": (False, None, None),
       "Cholesky-only iteration (c <= 100), drop f32": (True, f32, f32),
       "Cholesky-only iteration (c <= 100), drop eigh f64 (H f32)": (True, f32, f64),
+      "Cholesky-only iteration (c <= 100), refined drop (f32, split products)": (True, None, None),
   }
   errors: dict[str, list[float]] = {name: [] for name in routes}
   for g in matrices:  # Tall (P >= N), float32.
