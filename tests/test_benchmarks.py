@@ -57,7 +57,7 @@ def test_qdwh_drop_precision_smoke(tmp_path):
   from benchmarks import qdwh_drop_precision
   qdwh_drop_precision.main(["--smoke", "--out", str(tmp_path)])
   rows = json.loads((tmp_path / "qdwh_drop_precision.json").read_text())["rows"]
-  assert len(rows) == 7
+  assert len(rows) == 9
   assert all(math.isfinite(r["error, worst"]) for r in rows)
   assert not jax.config.jax_enable_x64
 
