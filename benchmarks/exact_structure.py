@@ -4,11 +4,11 @@
 
 No accelerator is needed: `jax.export` lowers for `cuda` and `tpu` on any machine. For ResNet-50's
 kernels and a width-768 transformer block (the trees of `benchmarks.common`), the update of
-`orthax.orthogonalise_components(method=...)` is lowered with `svd` (the exact default before
-`qdwh`) and `qdwh` (what `auto` now picks on GPU and TPU), and the StableHLO is searched for
-custom calls (by target) and `while` loops. Counts are of the program text: a call inside a
-loop body is counted once. Which custom calls loop over the batch inside the kernel is for the
-device's library to say; the table only shows which calls there are.
+`orthax.orthogonalise_components(method=...)` is lowered with `svd` (the exact default on GPU and
+TPU before `qdwh`), `qdwh`, and `auto` (the default: `AUTO_RULES`' method for the platform), and the
+StableHLO is searched for custom calls (by target) and `while` loops. Counts are of the program
+text: a call inside a loop body is counted once. Which custom calls loop over the batch inside the
+kernel is for the device's library to say; the table only shows which calls there are.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TREES = {
     "transformer768": lambda: common.transformer_kernel_shapes(768),
 }
 SMOKE_TREES = {"resnet20": common.resnet20_kernel_shapes}
-METHODS = ("svd", "qdwh")
+METHODS = ("svd", "qdwh", "auto")
 PLATFORMS = ("cuda", "tpu")
 # Custom-call targets that are not solvers (sharding annotations and the like).
 NOT_SOLVERS = ("Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "annotate")

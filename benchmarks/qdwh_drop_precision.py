@@ -5,12 +5,11 @@
 
 On the character GPT's 24 hidden gradient matrices (`benchmarks.lm_gradients`), each at the
 default `rtol`, the spectral distance to the float64 polar factor with the same drop, for:
-`svd`; `qdwh`; `qdwh`'s iteration (float32) with the drop step's symmetric eigendecomposition of
-H = X^T G done in float64 (H itself formed in float32, or in float64); and the iteration with
-only Cholesky-based steps (weight c capped at 100 by taking the weights of a larger bound), drop
-step in float32 and float64. The float64 routes are a diagnosis, not a method: float64 needs
-`jax_enable_x64`. The float32 remedy: `polar_drop.projector`, H and W^T H W formed with split
-products and the block of W^T H W near the cut eigendecomposed again.
+`svd`; `qdwh`; `qdwh`'s iteration (float32) with a plain float32 drop step (one symmetric
+eigendecomposition of H = X^T G), with that eigendecomposition done in float64 (H itself formed
+in float32, or in float64), and with `qdwh`'s own drop step (`polar_drop.projector`: H and
+W^T H W formed with split products, the block of W^T H W near the cut eigendecomposed again).
+The float64 routes are a diagnosis, not a method: float64 needs `jax_enable_x64`.
 """
 
 from __future__ import annotations
@@ -26,32 +25,9 @@ from orthax import polar
 from orthax._src import polar_drop, polar_qdwh
 
 
-def capped_weights(lower: float, eps: float, cap: float) -> list[tuple[float, float, float]]:
-  """DWH weights with c <= cap: each step uses the weights of the smallest bound l' >= l whose c
-  is at most cap (the map stays increasing and at most 1 on [l, 1], so l grows to f(l))."""
-  steps, low = [], lower
-  while low < 1 - eps and len(steps) < 40:
-    hi = low
-    if polar_qdwh.qdwh_weights(low, 0.0)[0][2] > cap:
-      lo, hi = low, 1.0
-      for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if polar_qdwh.qdwh_weights(mid, 0.0)[0][2] > cap else (lo, mid)
-    a, b, c = polar_qdwh.qdwh_weights(hi, 0.0)[0]
-    steps.append((a, b, c))
-    low = min(1.0, low * (a + b * low * low) / (1 + c * low * low))
-  return steps
-
-
-def iterate(g: jax.Array, lower: float, capped: bool) -> jax.Array:
-  jnp = jax.numpy
-  x = g / jnp.linalg.norm(g)
-  eps = float(jnp.finfo(g.dtype).eps)
-  if not capped:
-    return polar_qdwh._iterate(g, lower)
-  for a, b, c in capped_weights(lower, eps, polar_qdwh.CHOLESKY_MAX_WEIGHT):
-    x = polar_qdwh._cholesky_step(x, a, b, c)
-  return x
+def iterate(g: jax.Array, lower: float) -> jax.Array:
+  """`qdwh`'s iteration (Cholesky steps, weight c at most 100) of a tall float32 matrix."""
+  return polar_qdwh._iterate(g, lower)
 
 
 def drop(x: jax.Array, g: jax.Array, tol: float, product, eig) -> np.ndarray:
@@ -103,13 +79,10 @@ def run(args) -> None:
   matrices = gradients(args)
   routes = {
       "svd": None, "qdwh": None,
-      "QR+Cholesky iteration, drop f32": (False, f32, f32),
-      "QR+Cholesky iteration, drop eigh f64 (H f32)": (False, f32, f64),
-      "QR+Cholesky iteration, drop f64 (H and eigh)": (False, f64, f64),
-      "QR+Cholesky iteration (f32), refined drop (f32, split products)": (False, None, None),
-      "Cholesky-only iteration (c <= 100), drop f32": (True, f32, f32),
-      "Cholesky-only iteration (c <= 100), drop eigh f64 (H f32)": (True, f32, f64),
-      "Cholesky-only iteration (c <= 100), refined drop (f32, split products)": (True, None, None),
+      "qdwh's iteration, drop f32 (plain eigh of H)": (f32, f32),
+      "qdwh's iteration, drop eigh f64 (H f32)": (f32, f64),
+      "qdwh's iteration, drop f64 (H and eigh)": (f64, f64),
+      "qdwh's iteration, refined drop (f32, split products: qdwh's own)": (None, None),
   }
   errors: dict[str, list[float]] = {name: [] for name in routes}
   for g in matrices:  # Tall (P >= N), float32.
@@ -122,8 +95,8 @@ def run(args) -> None:
       if route is None:
         o = np.asarray(getattr(polar, name)(x32, rtol=rtol), np.float64)
       else:
-        capped, product, eig = route
-        x = iterate(x32, tol / math.sqrt(k), capped)
+        product, eig = route
+        x = iterate(x32, tol / math.sqrt(k))
         o = drop(x, x32, tol, product, eig)
       errors[name].append(float(np.linalg.norm(o - truth, 2)))
   svd = np.asarray(errors["svd"])

@@ -57,7 +57,7 @@ def test_qdwh_drop_precision_smoke(tmp_path):
   from benchmarks import qdwh_drop_precision
   qdwh_drop_precision.main(["--smoke", "--out", str(tmp_path)])
   rows = json.loads((tmp_path / "qdwh_drop_precision.json").read_text())["rows"]
-  assert len(rows) == 9
+  assert len(rows) == 6
   assert all(math.isfinite(r["error, worst"]) for r in rows)
   assert not jax.config.jax_enable_x64
 
@@ -71,7 +71,7 @@ def test_exact_structure_smoke(tmp_path):
   exact_structure.main(["--smoke", "--out", str(tmp_path)])
   rows = json.loads((tmp_path / "exact_structure.json").read_text())["rows"]
   by = {(r["platform"], r["method"]): r for r in rows}
-  assert set(by) == {(p, m) for p in ("cuda", "tpu") for m in ("svd", "qdwh")}
+  assert set(by) == {(p, m) for p in ("cuda", "tpu") for m in ("svd", "qdwh", "auto")}
   assert all(r["shape groups"] > 1 for r in rows)
   assert "gesvd" in by["cuda", "svd"]["targets"]
   assert "gesvd" not in by["cuda", "qdwh"]["targets"]
@@ -79,6 +79,8 @@ def test_exact_structure_smoke(tmp_path):
   assert "geqrf" not in by["cuda", "qdwh"]["targets"]
   assert "orgqr" not in by["cuda", "qdwh"]["targets"]
   assert by["cuda", "qdwh"]["while loops"] == 0
+  for platform in ("cuda", "tpu"):  # The default is qdwh there (`polar.AUTO_RULES`).
+    assert by[platform, "auto"]["targets"] == by[platform, "qdwh"]["targets"]
 
 
 @pytest.mark.slow  # 35 s (22 s of CPU) to 67 s on the shared 2-core machine

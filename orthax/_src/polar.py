@@ -61,18 +61,23 @@ class AutoRule(NamedTuple):
   source: Measured | Modelled
 
 
-_ACCELERATOR = Modelled(
-    "svd until a device run decides: qdwh lowers to one batched program per shape group (its "
-    "QR steps still a looped solver call on GPU), but on the character GPT's real gradients it "
-    "was less accurate than svd (CPU; benchmarks/results/qdwh.md)")
+_BATCHED = Modelled(
+    "qdwh: the exact route that lowers to one batched program per shape group, Cholesky steps, "
+    "triangular solves and products at HIGHEST precision, and the drop step's eigh, with no SVD "
+    "and no QR (cuda: potrf and syevd, both batched on cuSOLVER >= 11.7.1; tpu: no SVD's QDWH "
+    "plus eigh), and as close to float64 U V^T as svd or closer on every family tested; not yet "
+    "timed on a device (benchmarks/results/qdwh.md)")
+_UNEXAMINED = Modelled(
+    "svd: exact at every shape with no conditioning limit; this backend's solver calls have not "
+    "been examined for qdwh (benchmarks/results/qdwh.md)")
 
 AUTO_RULES: dict[str, AutoRule] = {
     "cpu": AutoRule("svd", 2.0, Measured(
         device="x86_64, 2 cores, jax 0.10.2", date="2026-11-28",
         command="python -m benchmarks.suite", results="benchmarks/results/matrix_methods.md")),
-    "cuda": AutoRule("svd", math.inf, _ACCELERATOR),
-    "rocm": AutoRule("svd", math.inf, _ACCELERATOR),
-    "tpu": AutoRule("svd", math.inf, _ACCELERATOR),
+    "cuda": AutoRule("qdwh", math.inf, _BATCHED),
+    "rocm": AutoRule("svd", math.inf, _UNEXAMINED),
+    "tpu": AutoRule("qdwh", math.inf, _BATCHED),
 }
 """`auto`'s rule per backend (JAX platform name), each with its source.
 

@@ -45,39 +45,33 @@ HIGHEST = jax.lax.Precision.HIGHEST
 WINDOW = 64.0
 
 
-def split_bits(n: int) -> int:
-  """The most bits b, at most 8, with 2 b + ceil(log2 n) <= 24: the product of two high parts of
-  inner dimension n is then exact in float32 (and each high part fits a bfloat16)."""
-  return min(8, (24 - math.ceil(math.log2(max(n, 1)))) // 2)
-
-
-def _pow2(k: Array) -> Array:
-  """2^k as float32, exactly, for integers k in [-126, 127] (built from its bits)."""
-  return jax.lax.bitcast_convert_type((k.astype(jnp.int32) + 127) << 23, jnp.float32)
+def split_bits(n: int, dtype: Any = jnp.float32) -> int:
+  """The most bits b, at most 8, with 2 b + ceil(log2 n) at most the dtype's significand bits
+  (24 for float32): the product of two high parts of inner dimension n is then exact in that
+  dtype (and each high part fits a bfloat16)."""
+  digits = jnp.finfo(dtype).nmant + 1
+  return min(8, (digits - math.ceil(math.log2(max(n, 1)))) // 2)
 
 
 def split(a: Array, bits: int, axis: int) -> tuple[Array, Array]:
-  """(hi, lo) with a = hi + lo exactly (float32): along `axis`, with e the least integer such
-  that every |a| < 2^e, hi's entries are integer multiples of 2^(e - bits) below 2^e in
-  magnitude (at most `bits` significant bits, aligned across the axis). Where 2^(e - bits) would
-  not be a normal number, hi is zero and lo is a."""
-  biggest = jnp.max(jnp.abs(a), axis=axis, keepdims=True)
-  biased = (jax.lax.bitcast_convert_type(biggest, jnp.int32) >> 23) & 0xFF
-  e = biased - 126  # biggest < 2^e (biased exponent E: biggest < 2^(E - 126)).
-  normal = e - bits >= -126
-  up = jnp.where(normal, bits - e, 0)  # In [bits - 128, 126] where normal.
-  hi = jnp.trunc(a * _pow2(up)) * _pow2(-up)  # Both scalings by powers of two: exact.
-  hi = jnp.where(normal, hi, 0)
+  """(hi, lo) with a = hi + lo exactly: along `axis`, with e the least integer such that every
+  |a| < 2^e, hi's entries are integer multiples of 2^(e - bits) below 2^e in magnitude (at most
+  `bits` significant bits, aligned across the axis). Where 2^(e - bits) would not be a normal
+  number, hi is zero and lo is a. Only scalings by powers of two and truncation: exact."""
+  _, e = jnp.frexp(jnp.max(jnp.abs(a), axis=axis, keepdims=True))  # max |a| < 2^e.
+  normal = e - bits >= jnp.finfo(a.dtype).minexp
+  up = jnp.where(normal, bits - e, 0)
+  hi = jnp.where(normal, jnp.ldexp(jnp.trunc(jnp.ldexp(a, up)), -up), 0)
   return hi, a - hi
 
 
 def split_matmul(a: Array, b: Array) -> Array:
   """a @ b (float32, batched) with an error of order eps 2^-bits |a| |b| (`split_bits` of the
   inner dimension), from one exact product of high parts and two products of remainders."""
-  bits = split_bits(a.shape[-1])
+  bits = split_bits(a.shape[-1], a.dtype)
   a_hi, a_lo = split(a, bits, axis=-1)  # Each row of a.
   b_hi, b_lo = split(b, bits, axis=-2)  # Each column of b.
-  exact = jnp.matmul(a_hi, b_hi, precision=jax.lax.Precision.DEFAULT)
+  exact = jnp.matmul(a_hi, b_hi, precision=HIGHEST)  # Exact at any precision; HIGHEST anyway.
   return exact + (jnp.matmul(a_hi, b_lo, precision=HIGHEST)
                   + jnp.matmul(a_lo, b, precision=HIGHEST))
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from orthax._src.lapack_threads import each, single_thread_cpu_lapack
 from orthax._src.polar_conventions import matmul, mT, prepare_exact, tall_by_platform
 from orthax._src.polar_derivative import with_polar_derivative
+from orthax._src.polar_drop import projector
 
 Array = jax.Array
 
@@ -112,15 +113,6 @@ def _iterate(g: Array, lower: float) -> Array:
   return x
 
 
-def _projector(x: Array, g: Array, tol: Any) -> Array:
-  """W_K W_K^T, W_K the eigenvectors of H = X^T G (X the iterate, G's polar factor on the kept
-  directions) whose eigenvalues, G's singular values, are above `tol` times the largest."""
-  h = matmul(mT(x), g)
-  lam, w = jnp.linalg.eigh((h + mT(h)) / 2)
-  keep = (lam > tol * lam[..., -1:]).astype(x.dtype)
-  return matmul(w * keep[..., None, :], mT(w))
-
-
 def _needs_drop(x: Array, g: Array, tol: Any) -> Array:
   """Whether H = X^T G may have an eigenvalue at or below `tol * max(S)` (a zero matrix has
   nothing to drop): unless H's Cholesky factorisation after a shift by `tol * ||H||_F` (at least
@@ -146,7 +138,7 @@ def _qdwh_each(g: Array, tol: Any, ok: Array, lower: float) -> Array:
   def one(g: Array, ok: Array) -> Array:
     x = _iterate(g, lower)
     return jax.lax.cond(_needs_drop(x, g, tol),
-                        lambda: _refined(matmul(x, _projector(x, g, tol)), ok),
+                        lambda: _refined(matmul(x, projector(x, g, tol)), ok),
                         lambda: _refined(x, ok))
 
   return each(one, g, ok)
@@ -157,7 +149,7 @@ def _qdwh_batched(g: Array, tol: Any, ok: Array, lower: float) -> Array:
   stack has directions to drop (a `lax.cond` under `vmap` would run both branches always)."""
   x = jax.vmap(functools.partial(_iterate, lower=lower))(g)
   return jax.lax.cond(jnp.any(_needs_drop(x, g, tol)),
-                      lambda: _refined(matmul(x, _projector(x, g, tol)), ok),
+                      lambda: _refined(matmul(x, projector(x, g, tol)), ok),
                       lambda: _refined(x, ok))
 
 
