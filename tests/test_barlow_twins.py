@@ -24,6 +24,7 @@ import pytest
 from examples.barlow_twins import augment, configs, lars, main, models, train
 from examples.lib import data
 from examples.lib import train as lib_train
+from tests.helpers import eps, round_off
 
 pytestmark = pytest.mark.examples
 
@@ -68,27 +69,56 @@ def hand_loss(z1: np.ndarray, z2: np.ndarray, lambd: float) -> float:
   return loss
 
 
+def correlation_error(n: int) -> float:
+  """Bound on a float32 entry of C against float64: the standardised columns carry the mean's,
+  the variance's (round_off(n) each) and a few elementwise roundings (4 eps), both factors, and
+  C's sum over the batch round_off(n); each relative to |C_ij| <= 1 (Cauchy-Schwarz)."""
+  return 2 * (2 * round_off(n) + 4 * eps()) + round_off(n)
+
+
+def loss_tol(z1: np.ndarray, z2: np.ndarray, lambd: float) -> float:
+  """Bound on the float32 loss against float64: each C_ij off by dc (correlation_error) moves its
+  term w (r + dc)^2 - w r^2 by at most w (2 |r| + dc) dc, with r = 1 - C_ii (w = 1) on the
+  diagonal and r = C_ij (w = lambd) off it, summed over C."""
+  def standardised(z):
+    z = np.asarray(z, np.float64)
+    return (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5)
+  c = standardised(z1).T @ standardised(z2) / len(z1)
+  r = np.where(np.eye(len(c), dtype=bool), 1 - c, c)
+  w = np.where(np.eye(len(c), dtype=bool), 1.0, lambd)
+  dc = correlation_error(len(z1))
+  return float(np.sum(w * (2 * np.abs(r) + dc) * dc)) + eps() * abs(hand_loss(z1, z2, lambd))
+
+
 def test_loss_matches_hand_computation_and_ignores_view_order():
   rng = np.random.default_rng(0)
   z1 = rng.normal(size=(6, 4)).astype(np.float32)
   z2 = (z1 + 0.5 * rng.normal(size=(6, 4))).astype(np.float32)
   for lambd in (models.LAMBDA, 0.5):
-    expected = hand_loss(z1, z2, lambd)
-    assert float(models.barlow_twins_loss(z1, z2, lambd)) == pytest.approx(expected, rel=1e-5)
-    assert float(models.barlow_twins_loss(z2, z1, lambd)) == pytest.approx(expected, rel=1e-5)
-  # A small case by hand: z1 = z2 with standardised, uncorrelated columns gives C = I (loss 0);
-  # negating a column of z2 makes C_11 = -1: (1 - (-1))^2 = 4.
+    expected, tol = hand_loss(z1, z2, lambd), loss_tol(z1, z2, lambd)
+    assert float(models.barlow_twins_loss(z1, z2, lambd)) == pytest.approx(expected, abs=tol)
+    assert float(models.barlow_twins_loss(z2, z1, lambd)) == pytest.approx(expected, abs=tol)
+  # A small case by hand: z1 = z2 with standardised (variance 1), uncorrelated columns gives
+  # C = c I with c = 1 / (1 + 1e-5) (batch norm's epsilon): loss 2 (1 - c)^2, about 0. Negating a
+  # column of z2 makes C_11 = -c: (1 + c)^2 + (1 - c)^2, about 4.
   z = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], np.float32)
-  assert float(models.barlow_twins_loss(z, z)) == pytest.approx(0.0, abs=1e-4)
+  c = 1 / (1 + 1e-5)
   flipped = z * np.array([-1.0, 1.0], np.float32)
-  assert float(models.barlow_twins_loss(z, flipped)) == pytest.approx(4.0, rel=1e-4)
+  for z2, expected in ((z, 2 * (1 - c) ** 2), (flipped, (1 + c) ** 2 + (1 - c) ** 2)):
+    assert hand_loss(z, z2, models.LAMBDA) == pytest.approx(expected, rel=1e-12)
+    assert float(models.barlow_twins_loss(z, z2)) == pytest.approx(
+        expected, abs=loss_tol(z, z2, models.LAMBDA))
 
 
 def test_cross_correlation_is_normalised_by_the_batch():
+  """C of z with itself is the correlation matrix, shrunk by batch norm's epsilon (var / (var +
+  1e-5)), to correlation_error."""
   z = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
-  c = np.asarray(models.cross_correlation(z, z))
-  np.testing.assert_allclose(np.diag(c), 1.0, atol=1e-4)
-  np.testing.assert_allclose(c, np.corrcoef(z.T), atol=1e-4)
+  c = np.asarray(models.cross_correlation(z, z), np.float64)
+  var = np.var(np.asarray(z, np.float64), axis=0)
+  shrink = np.sqrt(var[:, None] * var[None, :] / ((var[:, None] + 1e-5) * (var[None, :] + 1e-5)))
+  np.testing.assert_allclose(c, np.corrcoef(np.asarray(z, np.float64).T) * shrink, rtol=0,
+                             atol=correlation_error(64))
 
 
 # --- LARS ----------------------------------------------------------------------------------------
@@ -192,8 +222,11 @@ def test_make_optimizer_scales_rates_by_batch():
                            weight_decay=0.0, trust_coefficient=1.0)
   updates, _ = tx.update(grads, tx.init(params), params)
   # At step 0 with no warmup: biases move by 0.0048 * 512 / 256 * g.
-  np.testing.assert_allclose(updates["Conv_0"]["bias"], -0.0096 * grads["Conv_0"]["bias"],
-                             rtol=1e-5)
+  # float32: the rate (0.0048, its batch scaling and the schedule's factor) and its product by g,
+  # each a rounding of eps / 2; 4 eps is a margin of 2 over them.
+  np.testing.assert_allclose(updates["Conv_0"]["bias"],
+                             -0.0096 * np.asarray(grads["Conv_0"]["bias"], np.float64),
+                             rtol=4 * eps())
   with pytest.raises(ValueError, match="orthogonal-lars"):
     lars.make_optimizer("sgd", batch_size=256, total_steps=1, warmup_steps=0)
 
@@ -206,13 +239,16 @@ def test_views_are_normalised_random_and_keep_constant_images_constant():
   views = jax.jit(augment.two_views)(images, jax.random.key(1), (0.5,) * 3, (0.25,) * 3)
   for v in views:
     assert v.shape == (16, 32, 32, 3) and v.dtype == jnp.float32
-    assert float(v.min()) >= -2.0 - 1e-5 and float(v.max()) <= 2.0 + 1e-5
+    # (x - 0.5) / 0.25 for x in [0, 1]: [-2, 2], off by two roundings of eps / 2 (relative).
+    assert float(v.min()) >= -2.0 * (1 + eps()) and float(v.max()) <= 2.0 * (1 + eps())
   assert not np.allclose(views[0], views[1])
   again = jax.jit(augment.two_views)(images, jax.random.key(1), (0.5,) * 3, (0.25,) * 3)
   np.testing.assert_array_equal(views[0], again[0])
   gray = jnp.full((4, 32, 32, 3), 0.3)
+  # Resizing a constant: each output a weighted sum of at most 32 x 32 inputs whose weights sum
+  # to 1, to round_off(32 * 32) of 0.3.
   np.testing.assert_allclose(augment.random_resized_crop(gray, jax.random.key(2), 32), 0.3,
-                             atol=1e-6)
+                             rtol=0, atol=0.3 * round_off(32 * 32))
   out = augment.grayscale(jax.random.uniform(jax.random.key(3), (2, 4, 4, 3)))
   np.testing.assert_allclose(out[..., 0], out[..., 2])
 

@@ -21,7 +21,6 @@ import pytest
 import orthax
 from orthax._src import polar_iterative as polar_src
 from tests.helpers import (
-    assert_trees_allclose,
     assert_trees_close_relative,
     assert_trees_equal,
     condition_number,
@@ -96,23 +95,40 @@ def tree(seed: int, dtype=jnp.float32) -> dict:
   return {k: jnp.asarray(random_matrix(rng, s), dtype) for k, s in shapes.items()}
 
 
-def float32_rtol() -> float:
-  """Bound on any float32 update's error against exact arithmetic, relative to its norm, for
-  the gradients `tree(1)`: the SVD's polar factor (`polar_tol`) or five Newton-Schulz steps
-  (`iteration_tol`) over its matrices (the dense kernel, the conv kernel as 18 x 4 or 9 x 8);
+def float32_rtol(matrices) -> float:
+  """Bound on any float32 update's error against exact arithmetic, relative to its norm, when the
+  matrices orthogonalised are `matrices`: the SVD's polar factor (`polar_tol`) or five
+  Newton-Schulz steps (`iteration_tol`) at their largest condition number and longest side;
   a factor 2 covers the optimiser's few elementwise operations around it (momentum, Adam's
   division, LARS's trust ratio, weight decay), each one round-off."""
-  g = tree(1)
-  matrices = [g["dense"], g["conv"].reshape(18, 4), g["conv"].reshape(9, 8)]
+  matrices = [np.asarray(m, np.float64) for m in matrices]
   kappa = max(condition_number(m) for m in matrices)
   s_min = min(float(np.linalg.svd(m, compute_uv=False)[-1] / np.linalg.norm(m)) for m in matrices)
+  dim = max(max(m.shape) for m in matrices)
   newton_schulz = np.tile(polar_src.NEWTON_SCHULZ_COEFFICIENTS, (5, 1))
-  return 2 * max(polar_tol(kappa, 18), iteration_tol(newton_schulz, 18, s_min))
+  return 2 * max(polar_tol(kappa, dim), iteration_tol(newton_schulz, dim, s_min))
 
 
-# Two float32 computations of the same update (jit and eager, wrapped and plain) are each within
-# float32_rtol of the exact one, so within twice that of each other.
-RTOL = 2 * float32_rtol()
+def tree_matrices(g: dict) -> list:
+  """The matrices `tree(seed)` holds: the dense kernel, the conv kernel as 18 x 4 (`Layout()`)
+  or 9 x 8 (its other reading)."""
+  return [g["dense"], g["conv"].reshape(18, 4), g["conv"].reshape(9, 8)]
+
+
+def two_steps(g1, g2) -> list:
+  """The gradients of two steps and what the optimisers orthogonalise from them: their mean
+  (`optax.MultiSteps`), a momentum buffer g2 + beta g1 and Nesterov's g2 + beta (g2 + beta g1),
+  at the momenta used here (0.9, 0.95)."""
+  combined = [jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)]
+  for beta in (0.9, 0.95):
+    combined += [jax.tree.map(lambda a, b, beta=beta: b + beta * a, g1, g2),
+                 jax.tree.map(lambda a, b, beta=beta: b + beta * (b + beta * a), g1, g2)]
+  return [g1, g2, *combined]
+
+
+# Two float32 computations of the same update (jit and eager, wrapped and plain, one step or two)
+# are each within float32_rtol of the exact one, so within twice that of each other.
+RTOL = 2 * float32_rtol([m for g in two_steps(tree(1), tree(2)) for m in tree_matrices(g)])
 
 
 def assert_same_state_type(a, b) -> None:
@@ -302,7 +318,8 @@ def test_none_leaves_equinox_style(name, spec):
   updates = jax.jit(tx.update)(grads, tx.init(params), params)[0]
   assert jax.tree.structure(updates) == jax.tree.structure(grads)
   assert updates["activation"] is None and updates["norm"] == {"eps": None, "axis": None}
-  assert_trees_allclose(drop_none(updates), default_update(name), atol=1e-6)
+  # Two float32 computations of the same update (the same arrays, other specs): RTOL.
+  assert_trees_close_relative(drop_none(updates), default_update(name), RTOL)
   if name == "orthogonalise_components":
     # Independent truth: float64 SVD, to polar_tol at the gradient's condition number.
     g = grads["dense"]
@@ -329,6 +346,19 @@ def unstack(t: dict) -> dict:
              for i in range(LAYERS)}, "head": t["head"]}
 
 
+def scanned_matrices(t: dict) -> list:
+  """Each layer's matrices of a scanned tree: conv kernels as 18 x 4 (and 9 x 8), Dense kernels,
+  the head."""
+  blocks = t["blocks"]
+  return [*(m for i in range(LAYERS) for m in (blocks["Conv_0"]["kernel"][i].reshape(18, 4),
+                                                blocks["Conv_0"]["kernel"][i].reshape(9, 8),
+                                                blocks["Dense_0"]["kernel"][i])),
+          t["head"]["kernel"]]
+
+
+# Two float32 updates of scanned_tree(1) then (2), batched or layer by layer: twice float32_rtol.
+SCANNED_RTOL = 2 * float32_rtol(
+    [m for g in two_steps(scanned_tree(1), scanned_tree(2)) for m in scanned_matrices(g)])
 SCAN_LAYOUT = orthax.layout_by_path({"blocks": orthax.Layout(batch=0)})
 SCAN_MASKS = {"default": None, "kernels": orthax.masks.kernels,
               "conv_kernels": orthax.masks.conv_kernels,
@@ -352,15 +382,11 @@ def test_scanned_layers_get_the_unrolled_layers_update(name, mask):
     for g in (g1, g2):
       updates, state = step(view(g), state, view(params))
       result.append(updates)
-  # The same float32 operations on the same matrices, batched or one by one. Two float32 polar
-  # factors of one matrix agree to about eps x cond x sqrt(P N) = 1.2e-7 x 20 x 9 = 2e-5 (these
-  # Gaussian 6 x 4 to 18 x 4 matrices have condition numbers below 20), in updates of size <= 1:
-  # 1e-4 of each leaf's largest entry is a margin of 5 over it, and far below the fault's 0.15.
+  # The same float32 operations on the same matrices, batched or one by one: each within
+  # float32_rtol of the exact update, so within SCANNED_RTOL of each other; far below the
+  # fault's 0.15.
   for got, want in zip(out, expected, strict=True):
-    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(unstack(got))[0],
-                            jax.tree.leaves(want), strict=True):
-      np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.max(jnp.abs(w))),
-                                 err_msg=jax.tree_util.keystr(path))
+    assert_trees_close_relative(unstack(got), want, SCANNED_RTOL)
 
 
 def named_like_attention(seed: int) -> dict:
@@ -445,10 +471,7 @@ def test_lars_masks_see_stacked_leaves_as_layers():
   got = scanned.update(grads, scanned.init(params), params)[0]
   want = unrolled.update(unstack(grads), unrolled.init(unstack(params)), unstack(params))[0]
   # Tolerance as in test_scanned_layers_get_the_unrolled_layers_update.
-  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(unstack(got))[0],
-                          jax.tree.leaves(want), strict=True):
-    np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.max(jnp.abs(w))),
-                               err_msg=jax.tree_util.keystr(path))
+  assert_trees_close_relative(unstack(got), want, SCANNED_RTOL)
   # The bias's first step, -lr g: one float32 product, eps / 2 (doubled).
   np.testing.assert_allclose(got["blocks"]["Dense_0"]["bias"],
                              -LR * np.asarray(grads["blocks"]["Dense_0"]["bias"], np.float64),
