@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -189,7 +190,10 @@ def plot(results: dict[str, list[dict]], path: Path,
   from matplotlib.figure import Figure  # Figure.savefig draws with Agg: no pyplot, no display
   from matplotlib.ticker import MaxNLocator
 
-  fig = Figure(figsize=(5 * len(panels), 4), layout="constrained")
+  # One legend for every panel, below them: labels with settings are long.
+  columns = max(1, min(len(results), (5 * len(panels)) // 7))
+  fig = Figure(figsize=(5 * len(panels), 4 + 0.22 * math.ceil(len(results) / columns)),
+               layout="constrained")
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   for ax, panel in zip(axes, panels, strict=True):
     for name, runs in results.items():
@@ -208,7 +212,8 @@ def plot(results: dict[str, list[dict]], path: Path,
       ax.axvline(mark, color="grey", linestyle="--", linewidth=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=columns,
+             fontsize=8)
   fig.savefig(path, dpi=120)
 
 
