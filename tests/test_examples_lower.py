@@ -45,6 +45,8 @@ SVD = {"cusolver_gesvdj_ffi", "cusolver_gesvd_ffi"}  # cuSOLVER's Jacobi SVD for
 EXPECTED_SOLVERS = {  # (the calls it must make, the calls it may make)
     "svd": (set(), SVD),
     "eigh": ({"cusolver_syevd_ffi"}, {"cusolver_syevd_ffi"} | SVD),  # SVD: eigh's fallback
+    # Batched Cholesky steps; the drop step's eigendecomposition, in a branch: no SVD, no QR.
+    "qdwh": ({"cusolver_potrf_ffi"}, {"cusolver_potrf_ffi", "cusolver_syevd_ffi"}),
     "none": (set(), set()),
 }
 
@@ -129,12 +131,13 @@ def test_cifar10_steps_lower_for_gpu_and_tpu(label):
 
 
 def test_cifar10_auto_method_lowers_to_an_exact_solver():
-  """`auto` picks per platform: the export holds a branch for each."""
+  """`auto` picks per platform: on GPU `qdwh` (`polar.AUTO_RULES`), with no SVD solver."""
   tx = optimizers.make_optimizer("orthogonal-sgdm", learning_rate=1e-2)
   state = classifier_state(convnets.BasicCNN(features=8), tx, 32)
   step = functools.partial(lib_train.train_step, mean=MEAN, std=STD, augment=augment.augment)
   text = lower(step, state, *images(16, 32))
-  assert solvers(text) and solvers(text) <= EXPECTED_SOLVERS["eigh"][1]
+  required, allowed = EXPECTED_SOLVERS["qdwh"]
+  assert required <= solvers(text) <= allowed, solvers(text)
 
 
 def test_classifier_eval_step_lowers_for_gpu_and_tpu():
