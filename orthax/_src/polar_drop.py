@@ -34,11 +34,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from orthax._src.polar_conventions import mT
+from orthax._src.polar_conventions import matmul, mT
 
 Array = jax.Array
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 # The block eigendecomposed again: directions whose Rayleigh quotient is at most this many times
 # the cut.
@@ -71,9 +69,7 @@ def split_matmul(a: Array, b: Array) -> Array:
   bits = split_bits(a.shape[-1], a.dtype)
   a_hi, a_lo = split(a, bits, axis=-1)  # Each row of a.
   b_hi, b_lo = split(b, bits, axis=-2)  # Each column of b.
-  exact = jnp.matmul(a_hi, b_hi, precision=HIGHEST)  # Exact at any precision; HIGHEST anyway.
-  return exact + (jnp.matmul(a_hi, b_lo, precision=HIGHEST)
-                  + jnp.matmul(a_lo, b, precision=HIGHEST))
+  return matmul(a_hi, b_hi) + (matmul(a_hi, b_lo) + matmul(a_lo, b))  # The first is exact.
 
 
 def _sym(a: Array) -> Array:
@@ -127,6 +123,5 @@ def eigenprojector(h: Array, tol: Any, *, window: float = WINDOW) -> Array:
   mu, q = jnp.linalg.eigh(block)
   kept_far = (~near).astype(w.dtype)
   kept_near = ((mu > cut) & (mu < 2 * window * cut)).astype(w.dtype)
-  v = jnp.matmul(w, q, precision=HIGHEST)
-  return (jnp.matmul(w * kept_far[..., None, :], mT(w), precision=HIGHEST)
-          + jnp.matmul(v * kept_near[..., None, :], mT(v), precision=HIGHEST))
+  v = matmul(w, q)
+  return matmul(w * kept_far[..., None, :], mT(w)) + matmul(v * kept_near[..., None, :], mT(v))
