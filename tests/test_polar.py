@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export  # A submodule: jax 0.7 needs it imported.
 
 import orthax
 import orthax._src.polar
@@ -548,7 +549,7 @@ def test_exact_methods_and_their_derivative_multiply_at_highest_precision(platfo
   spec = jax.ShapeDtypeStruct((3, 40, 12), jnp.float32)
   fn = getattr(polar, method)
   for f, args in ((fn, (spec,)), (lambda g, t: jax.jvp(fn, (g,), (t,)), (spec, spec))):
-    text = jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
+    text = export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
     dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
     assert dots
     assert all("precision = [HIGHEST, HIGHEST]" in line for line in dots), [

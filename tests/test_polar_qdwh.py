@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export  # A submodule: jax 0.7 needs it imported.
 
 from orthax import polar
 from orthax._src import polar_qdwh
@@ -186,7 +187,7 @@ def test_qdwh_on_a_stack_of_families(shape):
 
 def lowered(platform: str, shape: tuple[int, ...]) -> str:
   spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.export.export(jax.jit(polar.qdwh), platforms=[platform])(spec).mlir_module()
+  return export.export(jax.jit(polar.qdwh), platforms=[platform])(spec).mlir_module()
 
 
 @pytest.mark.parametrize("shape", [(3, 40, 12), (12, 40)])
@@ -203,5 +204,6 @@ def test_every_product_is_at_highest_precision(platform, shape):
     assert "precision = [HIGHEST, HIGHEST]" in line, line
   if platform == "cuda":
     targets = set(re.findall(r"stablehlo\.custom_call @(\w+)", text))
-    assert "cusolver_potrf_ffi" in targets
+    # The batched Cholesky: cuSOLVER's FFI call (jax >= 0.8), or XLA's own op before.
+    assert "cusolver_potrf_ffi" in targets or "stablehlo.cholesky" in text
     assert targets <= {"cusolver_potrf_ffi", "cusolver_syevd_ffi"}, targets
