@@ -3,14 +3,16 @@
 # CI, it runs them several times). A tolerance tuned to one CPU fails under one of these; one
 # derived from an error bound (tests/helpers.py) holds under all. Usage:
 #   .ci/numerics.sh [PYTHON] [PYTEST ARGS...]   e.g. .ci/numerics.sh .venv/bin/python -x
+# It runs every library test file (those that import neither examples/ nor benchmarks/) in the
+# fast tier, the set `make test-floors` runs.
 # Prints one line per setting, PASS or FAIL, and exits 1 if any failed.
 set -u
 cd "$(dirname "$0")/.."
 python=${1:-.venv/bin/python}
 shift || true
-tests=(tests/test_polar.py tests/test_gram_iterations.py tests/test_transform.py
-       tests/test_behaviour.py tests/test_muon.py tests/test_attention.py
-       tests/test_diagnostics.py tests/test_training.py)
+# shellcheck disable=SC2207  # one word per file name
+tests=(-m "not examples and not slow and not multidevice"
+       $(grep -L -E '^(from|import) (examples|benchmarks)' tests/test_*.py))
 # name | environment | command prefix | tests left out. Fast math lets XLA assume no NaN or inf,
 # so the tests of non-finite input do not apply there.
 settings=(
