@@ -32,6 +32,11 @@ def mT(x: Array) -> Array:
   return jnp.swapaxes(x, -1, -2)
 
 
+def sym(x: Array) -> Array:
+  """The symmetric part (X + X^T) / 2 of a (..., N, N) array."""
+  return (x + mT(x)) / 2
+
+
 def matmul(a: Array, b: Array) -> Array:
   """a @ b in the full precision of its dtype on every backend (`Precision.HIGHEST`): an
   accelerator's default float32 product (TF32 on recent GPUs, one bfloat16 pass on TPU) would

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import map_matrices
-from orthax._src.polar_conventions import matmul, mT
+from orthax._src.polar_conventions import matmul, mT, sym
 
 Array = jax.Array
 
@@ -57,7 +57,7 @@ def with_polar_derivative(polar: Callable[..., Array], g: Array, ok: Array, *ope
 def polar_tangent(g: Array, o: Array, dg: Array, ok: Array) -> Array:
   """dO for tall (B, P, N) stacks: `o` is the (truncated) polar factor of `g`, `dg` the tangent."""
   h = matmul(mT(o), g)
-  h = jnp.where(ok[:, None, None], (h + mT(h)) / 2, 0)  # LAPACK never sees a NaN.
+  h = jnp.where(ok[:, None, None], sym(h), 0)  # LAPACK never sees a NaN.
   s, v = map_matrices(jnp.linalg.eigh, h)
   u = matmul(o, v)  # Unit columns on the kept directions, zero on the dropped ones.
   kept = jnp.sum(u * u, axis=-2) > 0.5

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from orthax._src.polar_conventions import matmul, mT
+from orthax._src.polar_conventions import matmul, mT, sym
 
 Array = jax.Array
 
@@ -72,10 +72,6 @@ def split_matmul(a: Array, b: Array) -> Array:
   return matmul(a_hi, b_hi) + (matmul(a_hi, b_lo) + matmul(a_lo, b))  # The first is exact.
 
 
-def _sym(a: Array) -> Array:
-  return (a + mT(a)) / 2
-
-
 def projector(x: Array, g: Array, tol: Any, *, window: float = WINDOW) -> Array:
   """W_K W_K^T for a tall stack: W_K spans the eigenvectors of H = X^T G (X the iterate, G's
   polar factor on its kept directions) whose eigenvalues, G's singular values, are above `tol`
@@ -109,10 +105,10 @@ def eigenprojector(h: Array, tol: Any, *, window: float = WINDOW) -> Array:
     times the cut) / gap, gap the distance of the eigenvalues from the cut, plus
     eps ||h|| / ((`window` - 1) cut) from the first `eigh`, plus float32 round-off in W.
   """
-  h = _sym(h)
+  h = sym(h)
   lam, w = jnp.linalg.eigh(h)
   cut = tol * lam[..., -1:]  # (..., 1)
-  b = _sym(split_matmul(mT(w), split_matmul(h, w)))  # W^T H W, nearly diagonal.
+  b = sym(split_matmul(mT(w), split_matmul(h, w)))  # W^T H W, nearly diagonal.
   rayleigh = jnp.diagonal(b, axis1=-2, axis2=-1)
   near = rayleigh <= window * cut
   both = near[..., :, None] & near[..., None, :]

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthax._src.polar_conventions import check_steps, mT, prepare
+from orthax._src.polar_conventions import check_steps, mT, prepare, sym
 
 Array = jax.Array
 
@@ -78,7 +78,7 @@ def _gram_steps(x: Array, coefficients: np.ndarray) -> Array:
     q = p if q is None else p @ q
     if step < len(coefficients) - 1:
       r = p @ r @ p
-      r = (r + mT(r)) / 2
+      r = sym(r)
   return x if q is None else q @ x
 
 

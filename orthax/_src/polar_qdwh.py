@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from orthax._src.lapack_threads import each, single_thread_cpu_lapack
-from orthax._src.polar_conventions import matmul, mT, prepare_exact, tall_by_platform
+from orthax._src.polar_conventions import matmul, mT, prepare_exact, sym, tall_by_platform
 from orthax._src.polar_derivative import with_polar_derivative
 from orthax._src.polar_drop import projector
 
@@ -117,8 +117,7 @@ def _needs_drop(x: Array, g: Array, tol: Any) -> Array:
   """Whether H = X^T G may have an eigenvalue at or below `tol * max(S)` (a zero matrix has
   nothing to drop): unless H's Cholesky factorisation after a shift by `tol * ||H||_F` (at least
   `tol * max(S)`) succeeds."""
-  h = matmul(mT(x), g)
-  h = (h + mT(h)) / 2
+  h = sym(matmul(mT(x), g))
   size = jnp.linalg.norm(h, axis=(-2, -1), keepdims=True)
   chol = jnp.linalg.cholesky(h - tol * size * jnp.eye(h.shape[-1], dtype=h.dtype))
   return ~jnp.all(jnp.isfinite(chol), axis=(-2, -1)) & (size[..., 0, 0] > 0)
