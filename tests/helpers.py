@@ -137,6 +137,13 @@ def orthogonality_tol(shape: tuple[int, ...], tol: float, largest: float = 1.0) 
   return tol + np.sqrt(n) * round_off(p) * max(1.0, largest**2)
 
 
+def assert_within(actual: Any, expected: Any, bound: Any) -> None:
+  """Every entry of `actual` within its entry of `bound` (an array, or a number for all) of
+  `expected`: np.testing.assert_allclose takes only a number as its atol."""
+  excess = np.abs(np.asarray(actual, np.float64) - expected) - bound
+  assert excess.max() <= 0, (float(excess.max()), float(np.max(bound)))
+
+
 def assert_trees_close_relative(actual: Any, expected: Any, rtol: float) -> None:
   """Same structure, and every entry of each leaf within rtol * (the expected leaf's Frobenius
   norm), which a relative error rtol in any norm implies: it holds for updates of any size, where

@@ -24,7 +24,7 @@ import pytest
 from examples.barlow_twins import augment, configs, lars, main, models, train
 from examples.lib import data
 from examples.lib import train as lib_train
-from tests.helpers import condition_number, eps, polar_tol, round_off
+from tests.helpers import assert_within, condition_number, eps, polar_tol, round_off
 
 pytestmark = pytest.mark.examples
 
@@ -183,12 +183,6 @@ def authors_lars(params, grads_per_step, rates, *, wd, momentum, eta, orthogonal
       return p
     params = jax.tree.map(leaf, params, grads, buffers, errors, buffer_errors)
   return params, errors
-
-
-def assert_within(actual, expected, bound) -> None:
-  """Every entry of `actual` within its entry of `bound` of `expected`."""
-  excess = np.abs(np.asarray(actual, np.float64) - expected) - bound
-  assert excess.max() <= 0, (excess.max(), np.max(bound))
 
 
 def run_optimizer(tx, params, grads_per_step):

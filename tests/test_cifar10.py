@@ -7,6 +7,7 @@ and share their runs through one module fixture: each compile costs seconds on a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ from examples.lib import train as lib_train
 from examples.models.convnets import MODELS
 from orthax._src import polar_exact
 from tests import helpers
+from tests.helpers import round_off
 
 pytestmark = pytest.mark.examples
 
@@ -356,14 +358,73 @@ SUBPROCESS = """
 import json, sys
 import numpy as np
 from tests import test_cifar10 as t
-records, state = t.run_tiny(sys.argv[1])
-np.savez(sys.argv[1] + "/final.npz", *[np.asarray(x) for x in t.jax.tree.leaves(state)])
+records, state = t.run_tiny(sys.argv[1], t.ONE_STEP)
+np.savez(sys.argv[1] + "/step.npz", **t.flat_arrays(t.step_parts(state)))
 print(json.dumps({"devices": t.jax.device_count(), "records": records}))
 """
+# One SGDM step per epoch: the run's final state is its first step's.
+ONE_STEP = dataclasses.replace(TINY, optimizers=("sgdm",), train_size=64)
+
+
+def step_parts(state: dict) -> dict[str, list[np.ndarray]]:
+  """The leaves of the params ("p1"), batch statistics ("stats": each batch norm's mean and
+  variance) and SGD's momentum ("trace") of a `numpy_tree`."""
+  (trace,) = [s.trace for s in jax.tree.leaves(
+      state["opt_state"], is_leaf=lambda s: isinstance(s, optax.TraceState))
+      if isinstance(s, optax.TraceState)]
+  parts = {"p1": state["params"], "stats": state["batch_stats"], "trace": trace}
+  return {name: [np.asarray(x) for x in jax.tree.leaves(tree)] for name, tree in parts.items()}
+
+
+def flat_arrays(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+  return {f"{name}_{i}": x for name, leaves in parts.items() for i, x in enumerate(leaves)}
+
+
+def one_step() -> tuple[dict[str, list[np.ndarray]], list[bool]]:
+  """`ONE_STEP`'s step on this process's devices as `train_and_evaluate` takes it (the seed's
+  initialisation, the first epoch's order, the step's augmentation): `step_parts` of the state
+  after it and the params before it ("p0"), and `before_batch_norm` of the params."""
+  dataset = train.load_dataset(ONE_STEP)
+  mesh = lib_train.make_mesh()
+  state = lib_train.create_train_state(
+      helpers.TinyCNN(), train.make_tx(ONE_STEP, 1), mesh, seed=ONE_STEP.seed,
+      input_shape=train.INPUT_SHAPE)
+  before = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+  step, _ = lib_train.compile_train_step(
+      functools.partial(lib_train.train_step, augment=augment.augment), state, 64, mesh,
+      input_shape=train.INPUT_SHAPE, mean=dataset.mean, std=dataset.std)
+  batches = data.shuffled_batches(dataset.train, 64, ONE_STEP.seed, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("data")))
+  state, _ = step(state, *next(iter(batches(1))))
+  return {"p0": before, **step_parts(numpy_tree(state))}, before_batch_norm(state.params)
+
+
+def before_batch_norm(params: dict) -> list[bool]:
+  """Per leaf: whether it is a bias that batch norm follows (a convolution's, in the tiny CNN),
+  whose gradient is zero in exact arithmetic (batch norm subtracts the mean)."""
+  return [jax.tree_util.keystr(path).startswith("['Conv_") and path[-1].key == "bias"
+          for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+# The tiny CNN's reductions on a batch of 64 32 x 32 images: the dot products of conv0
+# (3 x 3 x 3), conv1 (3 x 3 x 8) and the classifier (16); the sums over the batch of batch norm 0
+# (64 x 16 x 16 positions), batch norm 1 (64 x 8 x 8), the pooling (8 x 8) and the loss (64).
+DOTS, SUMS = (27, 72, 16), (64 * 16 * 16, 64 * 8 * 8, 8 * 8, 64)
+
+
+def forward_error() -> float:
+  """Bound on a float32 forward pass's relative error (of each layer's output, against its root
+  mean square), at first order: a dot product of n random-signed terms rounds by round_off(n) of
+  the sum of their magnitudes, up to sqrt(n) times the result; a batch sum by round_off(n) of its
+  mean magnitude, at most the root mean square batch norm divides by."""
+  return sum(round_off(n) * np.sqrt(n) for n in DOTS) + sum(round_off(n) for n in SUMS)
 
 
 @pytest.mark.multidevice
-def test_eight_devices_match_one(runs, tmp_path):
+def test_eight_devices_match_one(tmp_path):
+  """The example trains, evaluates and checkpoints on 8 devices; its step there (the batch
+  sharded: the gradient's mean and batch norm's statistics are global) is the single device's
+  step, to the bound on two float32 runs of it (one step from the same params: no drift)."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
   result = subprocess.run(
@@ -371,14 +432,43 @@ def test_eight_devices_match_one(runs, tmp_path):
       text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   output = json.loads(result.stdout.strip().splitlines()[-1])
-  assert output["devices"] == 8
-  (multi,), (single,) = output["records"], runs["first_records"]
-  for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss"):
-    np.testing.assert_allclose(multi[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)
-  with np.load(tmp_path / "final.npz") as saved:
-    multi_leaves = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-  for m, s in zip(multi_leaves, jax.tree.leaves(runs["first_state"]), strict=True):
-    np.testing.assert_allclose(m, s, rtol=1e-4, atol=1e-5)
+  assert output["devices"] == 8 and jax.device_count() == 1
+  (record,) = output["records"]
+  assert all(np.isfinite(record[f"{split}_loss"]) for split in ("train", "val", "test"))
+  single, zeros = one_step()
+  with np.load(tmp_path / "step.npz") as saved:
+    multi = {name: [saved[f"{name}_{i}"] for i in range(len(leaves))]
+             for name, leaves in single.items() if name != "p0"}
+  single = {name: [np.asarray(x, np.float64) for x in leaves] for name, leaves in single.items()}
+  p0, trace = single["p0"], single["trace"]
+  # SGDM's first step: the momentum is G + wd p0 and p1 = p0 - lr (G + wd p0). Each run's
+  # gradient of a leaf is within 2 forward_error (forward and backward) and its own sum over the
+  # batch and positions (round_off(64 x 16 x 16) at most) of the exact one, relative to the
+  # leaf's norm; two runs within twice that. A bias before batch norm has no gradient in exact
+  # arithmetic, only the round-off of its layer's sums: bounded with the whole gradient's norm.
+  # Each run rounds G + wd p0 (eps |.| between the two), lr (G + wd p0) and p1 (eps |.| each).
+  wd, lr = TINY.weight_decay, TINY.learning_rate
+  grads = [t - wd * p for t, p in zip(trace, p0, strict=True)]
+  rho = 2 * (2 * forward_error() + round_off(64 * 16 * 16))
+  whole = rho * np.sqrt(sum(np.sum(g**2) for g in grads))
+  for a, b, p, g, t, zero in zip(multi["trace"], trace, multi["p1"], grads, single["p1"],
+                                 zeros, strict=True):
+    tol = whole if zero else rho * np.linalg.norm(g)
+    np.testing.assert_allclose(a, b, rtol=helpers.eps(), atol=tol)
+    np.testing.assert_allclose(p, t, rtol=helpers.eps(),
+                               atol=lr * (tol + 2 * helpers.eps() * np.abs(b).max()))
+  # Batch norm's running statistics after one batch (momentum 0.9 from mean 0 and variance 1):
+  # 0.1 m and 0.9 + 0.1 v, so the batch's m and v, and the root mean square r = sqrt(v + m^2)
+  # of the layer's inputs, are known. Each run's m is within forward_error r of the exact one,
+  # E[x^2] within 2 forward_error r^2, v = E[x^2] - m^2 within 4 forward_error r^2; two runs,
+  # twice; and the update's roundings, eps of the value.
+  rho = forward_error()
+  stats, multi_stats = single["stats"], multi["stats"]  # BatchNorm_0 mean, var; BatchNorm_1 ...
+  for i in range(0, len(stats), 2):
+    (mean, var), (a_mean, a_var) = stats[i:i + 2], multi_stats[i:i + 2]
+    r2 = (var - 0.9) / 0.1 + (mean / 0.1) ** 2
+    helpers.assert_within(a_mean, mean, 2 * 0.1 * rho * np.sqrt(r2) + 2 * helpers.eps() * abs(mean))
+    helpers.assert_within(a_var, var, 2 * 0.1 * 4 * rho * r2 + 2 * helpers.eps() * var)
 
 
 # --- compare and configs -------------------------------------------------------------------------
