@@ -236,25 +236,24 @@ def test_every_optimizer_takes_a_step(name):
   assert all(bool(jnp.all(jnp.isfinite(u))) and bool(jnp.any(u != 0))
              for u in jax.tree.leaves(updates))
   if name in ("orthogonal-sgdm", "muon"):  # the conv kernel's step is orthogonalised
-    # The first step is -lr (D + wd P) for the (36, 8) view G of the kernel's gradient and P of
-    # the params (all ones): D = U V^T for orthogonal-sgdm, within polar_tol(kappa(G)) of it;
-    # for muon U f(S) V^T, f Muon's 5 Newton-Schulz steps applied to G's singular values over
-    # ||G||_F (the first momentum is a multiple of G; optax's width scale is 1 as 8 < 36), within
-    # newton_schulz_tol of it. So D's singular values lie in [min f - tol, max f + tol], and the
-    # step's in lr times that widened by wd ||P||_2 (Weyl) and the roundings of the sum and the
-    # products (eps each, relative, so eps ||.||_F <= eps sqrt(8) (max f + tol) in norm).
+    # The first step is -lr (D + wd P) for the (36, 8) view G = U S V^T of the kernel's
+    # gradient and P of the params (all ones): D = U V^T for orthogonal-sgdm, within
+    # polar_tol(kappa(G)) of it in the spectral norm; for muon U f(S) V^T, f Muon's 5
+    # Newton-Schulz steps on S / ||G||_F (the first momentum is a multiple of G; optax's width
+    # scale is 1 as 8 < 36), within newton_schulz_tol of it. The sum and the products round
+    # each entry by 2 eps at most: 2 eps ||.||_F <= 2 eps sqrt(8) ||.||_2 in the spectral norm.
     g = np.asarray(grads["conv"]["kernel"], np.float64).reshape(36, 8)
-    s = np.linalg.svd(g, compute_uv=False)
+    u, s, vt = np.linalg.svd(g, full_matrices=False)
     if name == "orthogonal-sgdm":
       f, tol = np.ones(8), helpers.polar_tol(s[0] / s[-1], 36)
     else:
       f, tol = s / np.linalg.norm(s), helpers.newton_schulz_tol(0, 36)
       for a, b, c in helpers.NEWTON_SCHULZ_5:
         f = a * f + b * f**3 + c * f**5
-    tol += 5e-4 * np.sqrt(36 * 8) + helpers.eps() * np.sqrt(8) * (f.max() + tol)
-    step = np.asarray(updates["conv"]["kernel"], np.float64).reshape(36, 8)
-    singular = np.linalg.svd(step, compute_uv=False) / 1e-2
-    assert f.min() - tol <= singular.min() and singular.max() <= f.max() + tol, (singular, f, tol)
+    expected = u @ np.diag(f) @ vt + 5e-4 * np.ones((36, 8))
+    tol += 2 * helpers.eps() * np.sqrt(8) * np.linalg.norm(expected, 2)
+    step = np.asarray(updates["conv"]["kernel"], np.float64).reshape(36, 8) / -1e-2
+    assert np.linalg.norm(step - expected, 2) <= tol, (np.linalg.norm(step - expected, 2), tol)
 
 
 def test_conv_mask_leaves_dense_kernels_alone():
