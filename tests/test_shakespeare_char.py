@@ -84,13 +84,13 @@ def test_windows_are_consecutive_characters(corpus):
 # --- model and optimisers ------------------------------------------------------------------------
 
 
-def logits_tol(logits, layers: int, width: int) -> float:
-  """Bound on float32's round-off in every entry of a GPT's logits: each is the end of a chain of
-  2 + 6 layers products (the embeddings, per block the projections, the scores, their weighted
-  sum, out, fc, proj, then the head) of length at most 4 width, each rounding round_off(4 width)
-  of what it sums, at first order; those sums are taken as the logits' largest magnitude times a
-  stated margin of 10 (LayerNorm keeps each block's inputs at unit scale)."""
-  return 10 * (2 + 6 * layers) * round_off(4 * width) * float(np.abs(logits).max())
+def logits_tol(largest: float, layers: int, width: int) -> float:
+  """Bound on float32's round-off in every entry of a GPT's logits, `largest` the largest logit's
+  magnitude: each is the end of a chain of 2 + 6 layers products (the embeddings, per block the
+  projections, the scores, their weighted sum, out, fc, proj, then the head) of length at most
+  4 width, each rounding round_off(4 width) of what it sums, at first order; those sums are taken
+  as `largest` times a stated margin of 10 (LayerNorm keeps each block's inputs at unit scale)."""
+  return 10 * (2 + 6 * layers) * round_off(4 * width) * largest
 
 
 def test_model_is_causal_and_keeps_a_heads_axis():
@@ -105,7 +105,7 @@ def test_model_is_causal_and_keeps_a_heads_axis():
   np.testing.assert_array_equal(logits[0, :5], logits[1, :5])  # no look-ahead
   # Positions 5-7 see the changed token: each moves by more than 10 times what round-off could.
   moved = np.abs(logits[0, 5:] - logits[1, 5:]).max(axis=-1)
-  assert (moved > 10 * logits_tol(logits, layers=2, width=16)).all(), moved
+  assert (moved > 10 * logits_tol(float(np.abs(logits).max()), layers=2, width=16)).all(), moved
   with pytest.raises(ValueError, match="context"):
     model(jnp.zeros((1, 9), jnp.int32))
 
@@ -247,11 +247,15 @@ def test_one_step_lowers_the_loss_on_its_batch(corpus):
   run = train.Run(dataclasses.replace(config, warmup_steps=0), corpus, 0)
   inputs, targets = data.random_windows(run.ids, jax.random.fold_in(run.key, 0), 4, 16)
   before = train.eval_loss(run.params, inputs, targets, graphdef=run.graphdef)
-  logits = nnx.merge(run.graphdef, run.params)(inputs)  # before the step donates the params
   # Two float32 evaluations of the same loss: each within twice its logits' round-off of the
   # exact one (log-sum-exp and the target's logit are 1-Lipschitz in the max norm), plus the
-  # mean over the tokens' rounding.
-  tol = 2 * (2 * logits_tol(logits, layers=1, width=16) + round_off(inputs.size) * float(before))
+  # mean over the tokens' rounding. The logits are at most sqrt(width) max_c ||gamma W[:, c]||
+  # (the final LayerNorm has no bias: its output's norm is at most sqrt(width) times its scale
+  # gamma; the head W has none either), read before the step donates the params.
+  gamma = np.asarray(run.params["final_norm"]["scale"], np.float64)
+  head = np.asarray(run.params["lm_head"]["kernel"], np.float64)
+  largest = np.sqrt(16) * np.linalg.norm(gamma[:, None] * head, axis=0).max()
+  tol = 2 * (2 * logits_tol(largest, layers=1, width=16) + round_off(inputs.size) * float(before))
   assert float(run.step()) == pytest.approx(float(before), rel=0, abs=tol)
   assert train.eval_loss(run.params, inputs, targets, graphdef=run.graphdef) < before
 
