@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from orthax._src.polar_iterative import NEWTON_SCHULZ_COEFFICIENTS
+
 
 def polar_reference(g: Any) -> np.ndarray:
   """U V^T of a 2-D array by a float64 thin SVD in numpy."""
@@ -83,6 +85,63 @@ def iteration_tol(coefficients: Any, dim: int, s_min: float = 0.0, dtype: Any = 
   step's round-off (round_off(dim), relative to ||X|| <= 1) times the gain of the steps after it
   (`iteration_gain`)."""
   return iteration_gain(coefficients, s_min) * round_off(dim, dtype)
+
+
+# Muon's 5 Newton-Schulz steps (optax.contrib.muon's and orthax's newton_schulz).
+NEWTON_SCHULZ_5 = np.tile(NEWTON_SCHULZ_COEFFICIENTS, (5, 1))
+
+
+def newton_schulz_tol(step: int, dim: int) -> float:
+  """Bound on the spectral distance between Muon's 5 Newton-Schulz steps run in float32 on the
+  momentum of `step` (from 0) and run exactly on the exact momentum, for matrices whose longer
+  side is dim: iteration_tol(dim) at s_min = 0 (any gradient), and the momentum's step + 1
+  roundings (eps each, relative) amplified by the iteration's gain. The output's spectral norm
+  is at most 1.13, so this is also relative to it."""
+  return (iteration_tol(NEWTON_SCHULZ_5, dim)
+          + iteration_gain(NEWTON_SCHULZ_5) * (step + 1) * eps())
+
+
+def muon_matrices(x: Any, spec: Any) -> np.ndarray:
+  """The (batch, fan_in, fan_out) matrices Muon orthogonalises in leaf x, read by optax's
+  `MuonDimensionNumbers` spec: every axis not reduced or output is a batch axis."""
+  reduction = (spec.reduction_axis,) if isinstance(spec.reduction_axis, int) else (
+      tuple(spec.reduction_axis))
+  output = (spec.output_axis,) if isinstance(spec.output_axis, int) else tuple(spec.output_axis)
+  batch = tuple(a for a in range(x.ndim) if a not in reduction + output)
+  x = np.transpose(np.asarray(x, np.float64), batch + reduction + output)
+  fan_in = int(np.prod(np.shape(x)[len(batch):len(batch) + len(reduction)]))
+  fan_out = int(np.prod(np.shape(x)[len(batch) + len(reduction):]))
+  return x.reshape(-1, fan_in, fan_out)
+
+
+def two_muons_tol(step: int, learning_rate: float, weight_decay: float, params: np.ndarray
+                  ) -> float:
+  """Bound on the spectral distance between two float32 Muon updates of the same (batch, fan_in,
+  fan_out) matrices `params` fed the same gradients (e.g. optax.contrib.muon and orthax.muon):
+  each is -lr (scale NS(m) + wd p), NS within newton_schulz_tol of the exact iteration, scale
+  optax's width factor sqrt(max(1, fan_out / fan_in)), and the decay term rounded twice (eps / 2
+  each, of at most wd ||p||_2). Twice one run's bound."""
+  _, fan_in, fan_out = params.shape
+  scale = np.sqrt(max(1.0, fan_out / fan_in))
+  decay = weight_decay * max(np.linalg.norm(m, 2) for m in params) * eps()
+  return 2 * learning_rate * (scale * newton_schulz_tol(step, max(fan_in, fan_out)) + decay)
+
+
+def orthogonality_tol(shape: tuple[int, ...], tol: float, largest: float = 1.0) -> float:
+  """Bound on `orthax.diagnostics.orthogonality_error` of a float32 matrix O of `shape` (its
+  longer side P, shorter N) whose largest entry is at most `largest`: `tol`, the bound on
+  ||O^T O - I||_2 that O's own error allows, plus the rounding of computing O^T O in float32:
+  round_off(P) of each entry (times max |O|^2 over 1), N^2 entries in the Frobenius norm, over
+  sqrt(N): sqrt(N) round_off(P)."""
+  p, n = max(shape), min(shape)
+  return tol + np.sqrt(n) * round_off(p) * max(1.0, largest**2)
+
+
+def assert_within(actual: Any, expected: Any, bound: Any) -> None:
+  """Every entry of `actual` within its entry of `bound` (an array, or a number for all) of
+  `expected`: np.testing.assert_allclose takes only a number as its atol."""
+  excess = np.abs(np.asarray(actual, np.float64) - expected) - bound
+  assert excess.max() <= 0, (float(excess.max()), float(np.max(bound)))
 
 
 def assert_trees_close_relative(actual: Any, expected: Any, rtol: float) -> None:

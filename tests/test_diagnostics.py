@@ -1,7 +1,8 @@
 """The paper's diagnostics against analytic cases.
 
-Tolerances (tests/helpers.py): `cosine_tol` bounds float32's error in `component_cosine`, and
-`orthogonality_tol` in `orthogonality_error`; the exact cases are exact in float32 too.
+Tolerances: `cosine_tol` bounds float32's error in `component_cosine`, and
+`orthogonality_tol` (tests/helpers.py) in `orthogonality_error`; the exact cases are exact in
+float32 too.
 """
 
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 
 import orthax
 from orthax import diagnostics
-from tests.helpers import condition_number, eps, polar_tol, round_off
+from tests.helpers import condition_number, eps, orthogonality_tol, polar_tol, round_off
 
 
 def cosine_tol(m: int, n: int) -> float:
@@ -20,15 +21,6 @@ def cosine_tol(m: int, n: int) -> float:
   sums N^2 of them (round_off(N^2) of a sum up to N^2) and subtracts the trace (about N): what
   is left, N (N - 1) times the mean, keeps at most N / (N - 1) times as much relative error."""
   return (3 * round_off(m) + 2 * eps() + round_off(n * n)) * n / (n - 1)
-
-
-def orthogonality_tol(o64: np.ndarray, tol: float) -> float:
-  """Bound on `orthogonality_error` of the float32 matrix O (its longer side P, shorter N):
-  `tol`, the bound on ||O^T O - I||_2 that O's own error allows, plus the rounding of computing
-  O^T O in float32: round_off(P) of each entry (times max |O|^2 over 1), N^2 entries in the
-  Frobenius norm, over sqrt(N): sqrt(N) round_off(P)."""
-  p, n = o64.shape if o64.shape[0] >= o64.shape[1] else o64.shape[::-1]
-  return tol + np.sqrt(n) * round_off(p) * max(1.0, np.abs(o64).max() ** 2)
 
 
 def test_component_cosine_analytic_cases():
@@ -88,13 +80,13 @@ def test_orthogonality_error():
   # O's spectral error is at most polar_tol, so ||O^T O - I||_F / sqrt(N) <= ||O^T O - I||_2 is
   # at most twice it and its square.
   factor = polar_tol(condition_number(g), 20)
-  tol = orthogonality_tol(o64, 2 * factor + factor**2)
+  tol = orthogonality_tol(o64.shape, 2 * factor + factor**2, np.abs(o64).max())
   assert float(diagnostics.orthogonality_error(o)) < tol
   assert float(diagnostics.orthogonality_error(o.T)) < tol
   # A scaled orthonormal matrix c O has error |c^2 - 1| * sqrt(N) / sqrt(N): 3 for c = 2, with
   # 4 times O^T O's error (2 O is exact).
   np.testing.assert_allclose(
       diagnostics.orthogonality_error(2 * o), 3.0, rtol=0,
-      atol=orthogonality_tol(2 * o64, 4 * (2 * factor + factor**2)))
+      atol=orthogonality_tol(o64.shape, 4 * (2 * factor + factor**2), 2 * np.abs(o64).max()))
   with pytest.raises(ValueError, match="matrix"):
     diagnostics.orthogonality_error(jnp.ones((2, 3, 4)))

@@ -14,21 +14,18 @@ import pytest
 from flax import nnx
 
 import orthax
-from orthax._src import polar_iterative as polar_src
 from tests.helpers import (
-    assert_trees_close_relative,
-    assert_trees_equal,
-    condition_number,
-    eps,
-    iteration_gain,
-    iteration_tol,
-    polar_reference,
-    polar_tol,
+  NEWTON_SCHULZ_5,
+  assert_trees_close_relative,
+  assert_trees_equal,
+  condition_number,
+  eps,
+  iteration_tol,
+  muon_matrices,
+  polar_reference,
+  polar_tol,
+  two_muons_tol,
 )
-
-# Muon's 5 Newton-Schulz steps; with iteration_tol at s_min = 0 (any gradient), the bound on
-# their float32 round-off relative to the update's norm.
-NEWTON_SCHULZ_5 = np.tile(polar_src.NEWTON_SCHULZ_COEFFICIENTS, (5, 1))
 
 VOCAB, EMBED, HEADS, HEAD_DIM, LAYERS, LENGTH = 24, 16, 4, 8, 2, 6
 
@@ -118,24 +115,13 @@ def run_both(reference, tx, params, steps):
   return history, p1, p2
 
 
-def muon_matrices(x, spec) -> np.ndarray:
-  """The (batch, fan_in, fan_out) matrices Muon orthogonalises in leaf x, read by optax's
-  `MuonDimensionNumbers` spec: every axis not reduced or output is a batch axis."""
-  reduction = (spec.reduction_axis,) if isinstance(spec.reduction_axis, int) else (
-      tuple(spec.reduction_axis))
-  output = (spec.output_axis,) if isinstance(spec.output_axis, int) else tuple(spec.output_axis)
-  batch = tuple(a for a in range(x.ndim) if a not in reduction + output)
-  x = np.transpose(np.asarray(x, np.float64), batch + reduction + output)
-  fan_in = int(np.prod(np.shape(x)[len(batch):len(batch) + len(reduction)]))
-  fan_out = int(np.prod(np.shape(x)[len(batch) + len(reduction):]))
-  return x.reshape(-1, fan_in, fan_out)
-
-
 @needs_reference
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_newton_schulz_reproduces_optax_contrib_muon(nesterov):
   """Each matrix of each update is optax.contrib.muon's, in the spectral norm, to the bound on
-  two float32 runs of Muon's 5 Newton-Schulz steps; AdamW's leaves bit for bit."""
+  two float32 runs of Muon's 5 Newton-Schulz steps (`helpers.two_muons_tol`; a 1 % error is
+  0.0068 lr scale at least, as the update's norm is >= 0.68 lr scale, over twice this bound);
+  AdamW's leaves bit for bit."""
   params = gpt_params()
   assert params["blocks"]["attn"]["query"]["kernel"].shape == (LAYERS, EMBED, HEADS, HEAD_DIM)
   kwargs = dict(beta=0.9, weight_decay=0.1, nesterov=nesterov, adam_b2=0.98,
@@ -152,20 +138,6 @@ def test_newton_schulz_reproduces_optax_contrib_muon(nesterov):
     u2, s2 = tx.update(g, s2, p)
     return optax.apply_updates(p, u1), s1, s2, u1, u2
 
-  def bound(t, p) -> float:
-    """Each run's update is -lr (scale NS(m) + wd p). NS(m) in float32 is within
-    iteration_tol(fan) of the exact iteration (spectral norm; its output has norm <= 1.13), and
-    the momentum m carries t + 1 roundings (eps each, relative), which the iteration amplifies
-    by its gain; the decay term is rounded twice (eps / 2 each). Two runs: twice the sum. A 1 %
-    error is 0.0068 lr scale at least (the update's norm is >= 0.68 lr scale), over twice this
-    bound."""
-    _, fan_in, fan_out = p.shape
-    scale = np.sqrt(max(1.0, fan_out / fan_in))  # optax's width scaling
-    newton_schulz = (iteration_tol(NEWTON_SCHULZ_5, max(fan_in, fan_out))
-                     + iteration_gain(NEWTON_SCHULZ_5) * (t + 1) * eps())
-    decay = kwargs["weight_decay"] * max(np.linalg.norm(m, 2) for m in p) * eps()
-    return 2 * float(schedule(t)) * (scale * newton_schulz + decay)
-
   p, s1, s2 = params, reference.init(params), tx.init(params)
   for t in range(5):
     p_before = p
@@ -178,7 +150,7 @@ def test_newton_schulz_reproduces_optax_contrib_muon(nesterov):
       if spec is None:  # The same partition: AdamW's leaves agree bit for bit.
         np.testing.assert_array_equal(a, e, err_msg=f"step {t}: {jax.tree_util.keystr(path)}")
         continue
-      tol = bound(t, muon_matrices(x, spec))
+      tol = two_muons_tol(t, float(schedule(t)), kwargs["weight_decay"], muon_matrices(x, spec))
       for i, (am, em) in enumerate(zip(muon_matrices(a, spec), muon_matrices(e, spec),
                                        strict=True)):
         distance = np.linalg.norm(am - em, 2)

@@ -15,13 +15,22 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from optax.contrib import MuonDimensionNumbers
 
 from examples.lib import compare as compare_lib
 from examples.lib import config as config_lib
 from examples.lib import download, optimizers
 from examples.shakespeare_char import configs, data, main, train
 from examples.shakespeare_char.model import GPT, logits_and_max_attention_logits
-from tests.helpers import assert_orthonormal_columns, condition_number, eps, polar_tol, round_off
+from tests.helpers import (
+  assert_orthonormal_columns,
+  condition_number,
+  eps,
+  muon_matrices,
+  polar_tol,
+  round_off,
+  two_muons_tol,
+)
 
 pytestmark = pytest.mark.examples
 
@@ -75,6 +84,15 @@ def test_windows_are_consecutive_characters(corpus):
 # --- model and optimisers ------------------------------------------------------------------------
 
 
+def logits_tol(largest: float, layers: int, width: int) -> float:
+  """Bound on float32's round-off in every entry of a GPT's logits, `largest` the largest logit's
+  magnitude: each is the end of a chain of 2 + 6 layers products (the embeddings, per block the
+  projections, the scores, their weighted sum, out, fc, proj, then the head) of length at most
+  4 width, each rounding round_off(4 width) of what it sums, at first order; those sums are taken
+  as `largest` times a stated margin of 10 (LayerNorm keeps each block's inputs at unit scale)."""
+  return 10 * (2 + 6 * layers) * round_off(4 * width) * largest
+
+
 def test_model_is_causal_and_keeps_a_heads_axis():
   model = GPT(11, context=8, layers=2, heads=2, width=16, rngs=nnx.Rngs(0))
   state = nnx.to_pure_dict(nnx.split(model)[1])
@@ -85,7 +103,9 @@ def test_model_is_causal_and_keeps_a_heads_axis():
   logits = nnx.jit(lambda m, t: m(t))(model, jnp.concatenate([tokens, changed]))
   assert logits.shape == (2, 8, 11)
   np.testing.assert_array_equal(logits[0, :5], logits[1, :5])  # no look-ahead
-  assert not np.allclose(logits[0, 5:], logits[1, 5:])
+  # Positions 5-7 see the changed token: each moves by more than 10 times what round-off could.
+  moved = np.abs(logits[0, 5:] - logits[1, 5:]).max(axis=-1)
+  assert (moved > 10 * logits_tol(float(np.abs(logits).max()), layers=2, width=16)).all(), moved
   with pytest.raises(ValueError, match="context"):
     model(jnp.zeros((1, 9), jnp.int32))
 
@@ -105,10 +125,15 @@ def test_hidden_mask_leaves_embeddings_head_and_norms_out():
 
 def test_muon_by_name_matches_orthax_muon_with_newton_schulz_whole():
   """optax.contrib.muon with the example's dimension numbers and orthax's Muon-order alias with
-  Newton-Schulz on whole projections are the same optimiser: same updates over three steps."""
+  Newton-Schulz on whole projections are the same optimiser: same updates over three steps,
+  each of Muon's matrices to the bound on two float32 Muon updates in the spectral norm
+  (`helpers.two_muons_tol`, as tests/test_muon.py), AdamW's leaves bit for bit (the same
+  elementwise operations)."""
   params = gpt_params()
   options = dict(learning_rate=0.02, momentum=0.9, weight_decay=0.1, mask="hidden", b2=0.99,
                  muon_beta=0.95)
+  specs = jax.tree.leaves(optimizers.muon_dimension_numbers("hidden")(params),
+                         is_leaf=lambda v: v is None or isinstance(v, MuonDimensionNumbers))
   reference = optimizers.make_optimizer("muon", **options)
   ours = optimizers.make_optimizer("orthax-muon", method="newton_schulz", layout="whole",
                                    **options)
@@ -121,8 +146,17 @@ def test_muon_by_name_matches_orthax_muon_with_newton_schulz_whole():
         [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)])
     (u1, states[0]), (u2, states[1]) = (
         update(grads, s, params) for update, s in zip(updates, states, strict=True))
-    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
-      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    flat = jax.tree_util.tree_flatten_with_path(u1)[0]
+    for (path, a), b, spec, x in zip(
+        flat, jax.tree.leaves(u2), specs, jax.tree.leaves(params), strict=True):
+      where = f"step {step}: {jax.tree_util.keystr(path)}"
+      if spec is None:
+        np.testing.assert_array_equal(a, b, err_msg=where)
+        continue
+      tol = two_muons_tol(step, options["learning_rate"], options["weight_decay"],
+                          muon_matrices(x, spec))
+      for am, bm in zip(muon_matrices(a, spec), muon_matrices(b, spec), strict=True):
+        assert np.linalg.norm(am - bm, 2) <= tol, (where, np.linalg.norm(am - bm, 2), tol)
     params = optax.apply_updates(params, u1)
 
 
@@ -141,13 +175,16 @@ def test_whole_heads_and_components_layouts_differ_on_attention_only():
                              atol=2 * polar_tol(condition_number(g_fc), max(g_fc.shape)))
   g_query = np.asarray(grads["blocks"][0]["attention"]["query"]["kernel"], np.float64)
   query = updates["heads"]["blocks"][0]["attention"]["query"]["kernel"]  # (16, 2, 8)
-  for head in range(2):  # each head's (16, 8) block is semi-orthogonal
-    tol = polar_tol(condition_number(g_query[:, head]), 16)
+  head_tols = [polar_tol(condition_number(g_query[:, head]), 16) for head in range(2)]
+  for head, tol in enumerate(head_tols):  # each head's (16, 8) block is semi-orthogonal
     assert_orthonormal_columns(query[:, head], 2 * tol + tol**2)
   whole = updates["whole"]["blocks"][0]["attention"]["query"]["kernel"].reshape(16, 16)
-  tol = polar_tol(condition_number(g_query.reshape(16, 16)), 16)
-  assert_orthonormal_columns(whole, 2 * tol + tol**2)
-  assert not np.allclose(query.reshape(16, 16), whole, atol=1e-3)
+  whole_tol = polar_tol(condition_number(g_query.reshape(16, 16)), 16)
+  assert_orthonormal_columns(whole, 2 * whole_tol + whole_tol**2)
+  # The two layouts' factors differ by more than 100 times what their float32 errors (polar_tol
+  # each, in every entry) could make of equal exact factors.
+  difference = np.abs(np.asarray(query, np.float64).reshape(16, 16) - whole).max()
+  assert difference > 100 * (max(head_tols) + whole_tol), difference
 
 
 def test_bad_settings_are_refused_before_training():
@@ -210,14 +247,24 @@ def test_one_step_lowers_the_loss_on_its_batch(corpus):
   run = train.Run(dataclasses.replace(config, warmup_steps=0), corpus, 0)
   inputs, targets = data.random_windows(run.ids, jax.random.fold_in(run.key, 0), 4, 16)
   before = train.eval_loss(run.params, inputs, targets, graphdef=run.graphdef)
-  assert float(run.step()) == pytest.approx(float(before), rel=1e-5)
+  # Two float32 evaluations of the same loss: each within twice its logits' round-off of the
+  # exact one (log-sum-exp and the target's logit are 1-Lipschitz in the max norm), plus the
+  # mean over the tokens' rounding. The logits are at most sqrt(width) max_c ||gamma W[:, c]||
+  # (the final LayerNorm has no bias: its output's norm is at most sqrt(width) times its scale
+  # gamma; the head W has none either), read before the step donates the params.
+  gamma = np.asarray(run.params["final_norm"]["scale"], np.float64)
+  head = np.asarray(run.params["lm_head"]["kernel"], np.float64)
+  largest = np.sqrt(16) * np.linalg.norm(gamma[:, None] * head, axis=0).max()
+  tol = 2 * (2 * logits_tol(largest, layers=1, width=16) + round_off(inputs.size) * float(before))
+  assert float(run.step()) == pytest.approx(float(before), rel=0, abs=tol)
   assert train.eval_loss(run.params, inputs, targets, graphdef=run.graphdef) < before
 
 
 def test_steps_to_interpolates_between_evaluations():
   history = {"eval_steps": [0, 100, 200], "val_loss": [4.0, 3.0, 2.0]}
-  assert main.steps_to(history, 2.5) == pytest.approx(150.0)
-  assert main.steps_to(history, 3.0) == pytest.approx(100.0)
+  # float64 arithmetic on numbers exact in binary: a few roundings of eps(float64) at most.
+  assert main.steps_to(history, 2.5) == pytest.approx(150.0, rel=4 * eps(np.float64))
+  assert main.steps_to(history, 3.0) == pytest.approx(100.0, rel=4 * eps(np.float64))
   assert main.steps_to(history, 1.9) is None
 
 
@@ -310,8 +357,13 @@ def test_adam_lr_is_the_rate_of_the_muons_adamw_part(corpus, name):
     for module, leaf in ADAM_PART:
       x0, x1, g = before[module][leaf], after[module][leaf], grads[module][leaf]
       step = x1 - x0
-      slack = 2 * eps() * np.abs(x0).max() + rate * 1e-4  # x1 - x0's round-off; eps / |g|
+      # x1 - x0's round-off; Adam's epsilon (at most 1e-8 in the three) moves g / (|g| + eps)
+      # from sign(g) by eps / |g| <= 1e-5 of the step where |g| > 1e-3, and the step's float32
+      # operations (moments, bias corrections, the Nesterov sum, root, division, rate) round it
+      # by eps / 2 each, 8 eps in all.
       large, zero = np.abs(g) > 1e-3, g == 0
+      slack = (2 * eps() * np.abs(x0).max()
+               + rate * (1 + b1 / (1 + b1)) * (1e-8 / 1e-3 + 8 * eps()))
       assert large.sum() > 10
       np.testing.assert_allclose(step[large], -rate * (1 + b1 / (1 + b1)) * np.sign(g[large]),
                                  atol=slack, rtol=0, err_msg=f"{name} adam_lr={adam_lr} {module}")
@@ -458,4 +510,5 @@ def test_wallclock_table_reads_each_curve_at_muons_time():
   # fast: 4,000 steps in 200 s, only 2,000 run; never reaches 1.6.
   assert rows["fast"][3:5] == ["2000+", "< 1.800 (a)"] and rows["fast"][5] == "- |"
   assert "not reached in 2000 steps" in table
-  assert main.loss_at_step(results["slow@lr=1"][0], 1500) == pytest.approx(1.5)
+  assert main.loss_at_step(results["slow@lr=1"][0], 1500) == pytest.approx(
+      1.5, rel=4 * eps(np.float64))  # np.interp in float64
