@@ -20,7 +20,6 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import orthax
-from orthax._src import polar_iterative
 from orthax._src import sharding as sharding_lib
 from tests import helpers
 
@@ -79,7 +78,7 @@ def tolerance(method: str) -> float:
               g["lone"].reshape(35, 3), g["lone"].reshape(5, 21)]
   kappa = max(helpers.condition_number(m) for m in matrices)
   s_min = min(float(np.linalg.svd(m, compute_uv=False)[-1] / np.linalg.norm(m)) for m in matrices)
-  coefficients = {"newton_schulz": np.tile(polar_iterative.NEWTON_SCHULZ_COEFFICIENTS, (5, 1)),
+  coefficients = {"newton_schulz": helpers.NEWTON_SCHULZ_5,
                   "polar_express": np.asarray(orthax.polar.polar_express_coefficients(5))}
   if method in coefficients:
     return 2 * helpers.iteration_tol(coefficients[method], 72, s_min)

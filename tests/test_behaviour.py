@@ -19,8 +19,8 @@ import optax
 import pytest
 
 import orthax
-from orthax._src import polar_iterative as polar_src
 from tests.helpers import (
+    NEWTON_SCHULZ_5,
     assert_trees_close_relative,
     assert_trees_equal,
     condition_number,
@@ -105,7 +105,7 @@ def float32_rtol(matrices) -> float:
   kappa = max(condition_number(m) for m in matrices)
   s_min = min(float(np.linalg.svd(m, compute_uv=False)[-1] / np.linalg.norm(m)) for m in matrices)
   dim = max(max(m.shape) for m in matrices)
-  newton_schulz = np.tile(polar_src.NEWTON_SCHULZ_COEFFICIENTS, (5, 1))
+  newton_schulz = NEWTON_SCHULZ_5
   return 2 * max(polar_tol(kappa, dim), iteration_tol(newton_schulz, dim, s_min))
 
 

@@ -16,10 +16,10 @@ import pytest
 
 from orthax import polar
 from orthax._src import polar_iterative as polar_src
-from tests.helpers import iteration_tol, round_off
+from tests.helpers import NEWTON_SCHULZ_5, iteration_tol, round_off
 
 SCHEDULES = {
-    "newton_schulz": np.tile(np.asarray(polar_src.NEWTON_SCHULZ_COEFFICIENTS), (5, 1)),
+    "newton_schulz": NEWTON_SCHULZ_5,
     "polar_express-5": np.asarray(polar.polar_express_coefficients(5)),
     "polar_express-7": np.asarray(polar.polar_express_coefficients(7)),
     "polar_express-10": np.asarray(polar.polar_express_coefficients(10)),

@@ -20,6 +20,7 @@ from flax import nnx
 import orthax
 from orthax._src import polar_iterative as polar_src
 from tests.helpers import (
+  NEWTON_SCHULZ_5,
   assert_orthonormal_columns,
   assert_trees_close_relative,
   assert_trees_equal,
@@ -71,7 +72,7 @@ def matrix(x) -> np.ndarray:
 # Tolerances (tests/helpers.py): one float32 computation of a method on a matrix is within
 # `bound` of the exact result in the spectral norm, so in every entry; two float32 computations of
 # the same quantity (eager and jit, grouped and alone) are within the sum of their bounds.
-COEFFICIENTS = {"newton_schulz": np.tile(polar_src.NEWTON_SCHULZ_COEFFICIENTS, (5, 1)),
+COEFFICIENTS = {"newton_schulz": NEWTON_SCHULZ_5,
                 "polar_express": np.asarray(orthax.polar.polar_express_coefficients(5))}
 
 
