@@ -498,7 +498,7 @@ def test_table_shows_mean_and_std_over_seeds():
   table = compare_lib.results_table({"sgdm": [run, {**run, "test_accuracy": [0.7]}]},
                                     compare_lib.classification_columns(target=0.5))
   assert "| sgdm |" in table and "60.00 ± 14.14%" in table and "| - |" in table
-  assert table.endswith("- : 50% validation accuracy not reached in 1 epochs")
+  assert table.endswith("- : 50% validation accuracy not reached in 1 epoch")
 
 
 def test_missing_data_exits_2(tmp_path, capsys):

@@ -46,7 +46,7 @@ def check_outputs(out: Path, stdout: str, learns: bool = False) -> None:
         if learns:
             assert r["val_accuracy"][0] > chance_accuracy(5000), (name, r["val_accuracy"])
     # A `-` cell (the target not reached) comes with the line that explains it.
-    assert ("| - |" in stdout) == ("- : 50% validation accuracy not reached in 1 epochs" in stdout)
+    assert ("| - |" in stdout) == ("- : 50% validation accuracy not reached in 1 epoch" in stdout)
 
 
 def test_demo_without_data_says_how_to_find_it(tmp_path, capsys):

@@ -131,7 +131,8 @@ def epochs_to_target(target: float, key: str = "val_accuracy") -> Column:
   """The first epoch at which `key` reached `target` (mean ± std over the seeds that did)."""
   def note(results: dict[str, list[dict]]) -> str:
     epochs = max(len(r[key]) for runs in results.values() for r in runs)
-    return f"- : {100 * target:g}% validation accuracy not reached in {epochs} epochs"
+    return (f"- : {100 * target:g}% validation accuracy not reached in {epochs} "
+            f"epoch{'' if epochs == 1 else 's'}")
 
   return Column(f"epochs to {100 * target:g}% val",
                 lambda _, runs: epochs_cell(runs, target, key), note)
