@@ -137,6 +137,15 @@ def orthogonality_tol(shape: tuple[int, ...], tol: float, largest: float = 1.0) 
   return tol + np.sqrt(n) * round_off(p) * max(1.0, largest**2)
 
 
+def forward_error(dots: tuple[int, ...], sums: tuple[int, ...]) -> float:
+  """Bound on a float32 forward pass's relative error (of each layer's output, against its root
+  mean square), at first order, from the lengths of its dot products and of its sums over the
+  batch: a dot product of n random-signed terms rounds by round_off(n) of the sum of their
+  magnitudes, up to sqrt(n) times the result; a batch sum by round_off(n) of its mean magnitude,
+  at most the root mean square that batch norm divides by."""
+  return sum(round_off(n) * np.sqrt(n) for n in dots) + sum(round_off(n) for n in sums)
+
+
 def assert_within(actual: Any, expected: Any, bound: Any) -> None:
   """Every entry of `actual` within its entry of `bound` (an array, or a number for all) of
   `expected`: np.testing.assert_allclose takes only a number as its atol."""

@@ -24,7 +24,14 @@ import pytest
 from examples.barlow_twins import augment, configs, lars, main, models, train
 from examples.lib import data
 from examples.lib import train as lib_train
-from tests.helpers import assert_within, condition_number, eps, polar_tol, round_off
+from tests.helpers import (
+  assert_within,
+  condition_number,
+  eps,
+  forward_error,
+  polar_tol,
+  round_off,
+)
 
 pytestmark = pytest.mark.examples
 
@@ -384,14 +391,6 @@ def one_step() -> dict:
 DOTS, SUMS = (27, 72, 16, 32), (64 * 16 * 16, 64 * 8 * 8, 64, 64, 64)
 
 
-def embedding_error() -> float:
-  """Bound on a float32 run's relative error in z (and in each standardised column), at first
-  order: a dot product of n random-signed terms rounds by round_off(n) of the sum of their
-  magnitudes, which is up to sqrt(n) times the result, 2 n eps; a batch sum by round_off(n) of
-  its mean magnitude, at most the root mean square that batch norm divides by."""
-  return sum(round_off(n) * np.sqrt(n) for n in DOTS) + sum(round_off(n) for n in SUMS)
-
-
 @pytest.mark.multidevice
 def test_eight_devices_match_one():
   """The batch sharded over 8 devices: batch norm, standardisation and C are global."""
@@ -403,8 +402,9 @@ def test_eight_devices_match_one():
   multi, single = json.loads(result.stdout.strip().splitlines()[-1]), one_step()
   assert multi["devices"] == 8 and jax.device_count() == 1
   # Two float32 runs of the same step, reduced in other orders: each within the first-order
-  # bound of the exact step (`embedding_error`), so within twice it of each other.
-  rho = embedding_error()
+  # bound of the exact step (`forward_error` of z and of each standardised column), so within
+  # twice it of each other.
+  rho = forward_error(DOTS, SUMS)
   # The loss: each C_ij is off by dc (its standardised columns by rho each, and its own
   # rounding, `correlation_error`), which moves sum w r^2 (r = 1 - C_ii, w = 1; r = C_ij,
   # w = lambda) by at most sum w 2 |r| dc + sum w dc^2 <= 2 sqrt(sum w * loss) dc + sum w dc^2.

@@ -411,14 +411,6 @@ def before_batch_norm(params: dict) -> list[bool]:
 DOTS, SUMS = (27, 72, 16), (64 * 16 * 16, 64 * 8 * 8, 8 * 8, 64)
 
 
-def forward_error() -> float:
-  """Bound on a float32 forward pass's relative error (of each layer's output, against its root
-  mean square), at first order: a dot product of n random-signed terms rounds by round_off(n) of
-  the sum of their magnitudes, up to sqrt(n) times the result; a batch sum by round_off(n) of its
-  mean magnitude, at most the root mean square batch norm divides by."""
-  return sum(round_off(n) * np.sqrt(n) for n in DOTS) + sum(round_off(n) for n in SUMS)
-
-
 @pytest.mark.multidevice
 def test_eight_devices_match_one(tmp_path):
   """The example trains, evaluates and checkpoints on 8 devices; its step there (the batch
@@ -448,7 +440,7 @@ def test_eight_devices_match_one(tmp_path):
   # Each run rounds G + wd p0 (eps |.| between the two), lr (G + wd p0) and p1 (eps |.| each).
   wd, lr = TINY.weight_decay, TINY.learning_rate
   grads = [t - wd * p for t, p in zip(trace, p0, strict=True)]
-  rho = 2 * (2 * forward_error() + round_off(64 * 16 * 16))
+  rho = 2 * (2 * helpers.forward_error(DOTS, SUMS) + round_off(64 * 16 * 16))
   whole = rho * np.sqrt(sum(np.sum(g**2) for g in grads))
   for a, b, p, g, t, zero in zip(multi["trace"], trace, multi["p1"], grads, single["p1"],
                                  zeros, strict=True):
@@ -461,7 +453,7 @@ def test_eight_devices_match_one(tmp_path):
   # of the layer's inputs, are known. Each run's m is within forward_error r of the exact one,
   # E[x^2] within 2 forward_error r^2, v = E[x^2] - m^2 within 4 forward_error r^2; two runs,
   # twice; and the update's roundings, eps of the value.
-  rho = forward_error()
+  rho = helpers.forward_error(DOTS, SUMS)
   stats, multi_stats = single["stats"], multi["stats"]  # BatchNorm_0 mean, var; BatchNorm_1 ...
   for i in range(0, len(stats), 2):
     (mean, var), (a_mean, a_var) = stats[i:i + 2], multi_stats[i:i + 2]
